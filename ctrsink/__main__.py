@@ -1,0 +1,5 @@
+import sys
+
+from ctrsink.cli import main
+
+sys.exit(main())

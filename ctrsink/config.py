@@ -1,0 +1,280 @@
+"""One typed config with every toggle: YAML in, `--set key=value` overrides, validation with errors that name the key.
+
+Defaults train a small scratch encoder on the bundled sample data in a couple of minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctrsink.errors import CtrSinkError
+
+SINK_SIGNALS = ("off", "none", "index", "time_gap", "similarity", "random")
+BEHAVIOR_SELECTIONS = ("recent", "similarity")
+MODELS = ("ctrsink",)
+
+
+@dataclass
+class Config:
+    # --- backbone -------------------------------------------------------------------------------
+    model: str = "ctrsink"
+    backbone: str = (
+        "scratch:bert-tiny"  # bundled:minilm | scratch:bert-tiny | scratch:qwen2-tiny | local path | hub id
+    )
+    local_files_only: bool = True  # never reach the hub unless the user asks for it
+    scratch_hidden: int = 64
+    scratch_layers: int = 2
+    scratch_heads: int = 4
+    scratch_kv_heads: int = 2  # Qwen2 only (grouped-query attention)
+    scratch_vocab_size: int = 4000
+    # --- text -----------------------------------------------------------------------------------
+    prompt_preset: str = "en"  # en | zh
+    prompts: dict[str, str] = field(default_factory=dict)  # overrides per field name
+    separator: str = ";"  # between behaviors; titles contain commas, so ';' keeps boundaries readable
+    behavior_text: str = "title"  # title | title_categories
+    num_behaviors: int = 20  # per history field, most recent kept (or top by similarity)
+    behavior_selection: str = "recent"
+    max_user_tokens: int = 256
+    max_item_tokens: int = 32
+    # --- CTR-Sink mechanisms ---------------------------------------------------------------------
+    use_sink: bool = False
+    sink_token: str = "auto"  # auto: [unused1] when the vocabulary has it, else <|sink|>
+    use_cls_token: bool = False
+    sink_signal: str = "off"  # off = the sink token's own embedding
+    sink_num_embeddings: int = 100
+    sink_embedding_dim: int = 128
+    time_gap_ref: str = "target"  # target | previous
+    time_gap_tau_hours: float = 1.0
+    time_gap_horizon_days: float = 365.0
+    index_origin: str = "oldest"  # oldest | newest
+    two_stage: bool = False
+    stage1_epochs: int = 2
+    stage2_epochs: int = 2
+    inter_sink: bool = False
+    inter_sink_layers: int = 0  # 0 = family default
+    inter_sink_lambda_init: float = 0.0  # 0 = family default (BERT 10.0, Qwen2 1.0)
+    split_layer: bool = True
+    # --- training -------------------------------------------------------------------------------
+    epochs: int = 4
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 1e-3  # backbone
+    head_lr: float = 2e-3  # head, pooling projections, sink modules (new parameters)
+    weight_decay: float = 5e-5
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    early_stop_patience: int = 2
+    seed: int = 42
+    train_samples: int = 0  # 0 = all; otherwise a seeded subset of the training split
+    eval_samples: int = 0  # 0 = all; otherwise a seeded subset of valid and of test
+    num_threads: int = 0  # 0 = torch default
+    mixed_precision: str = "no"  # no | bf16 (bf16 is slower on CPUs without bf16 units)
+
+    def validate(self) -> Config:
+        def bad(key: str, msg: str) -> CtrSinkError:
+            return CtrSinkError(f"config option '{key}': {msg}")
+
+        choices = {
+            "model": MODELS,
+            "prompt_preset": ("en", "zh"),
+            "behavior_text": ("title", "title_categories"),
+            "behavior_selection": BEHAVIOR_SELECTIONS,
+            "sink_signal": SINK_SIGNALS,
+            "time_gap_ref": ("target", "previous"),
+            "index_origin": ("oldest", "newest"),
+            "mixed_precision": ("no", "bf16"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise bad(key, f"{getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        positive = [
+            "num_behaviors",
+            "max_user_tokens",
+            "max_item_tokens",
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "sink_num_embeddings",
+            "sink_embedding_dim",
+            "scratch_hidden",
+            "scratch_layers",
+            "scratch_heads",
+            "scratch_vocab_size",
+        ]
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise bad(key, f"must be > 0, got {getattr(self, key)}")
+        for key in ["lr", "head_lr", "time_gap_tau_hours", "time_gap_horizon_days"]:
+            if not getattr(self, key) > 0:
+                raise bad(key, f"must be > 0, got {getattr(self, key)}")
+        for key in [
+            "train_samples",
+            "eval_samples",
+            "stage1_epochs",
+            "stage2_epochs",
+            "inter_sink_layers",
+            "early_stop_patience",
+            "num_threads",
+            "weight_decay",
+            "max_grad_norm",
+            "inter_sink_lambda_init",
+        ]:
+            if getattr(self, key) < 0:
+                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        # combinations (method spec §10)
+        sinkless = not self.use_sink
+        if sinkless and self.sink_signal != "off":
+            raise bad("sink_signal", f"{self.sink_signal!r} needs use_sink=true")
+        if sinkless and self.two_stage:
+            raise bad("two_stage", "needs use_sink=true (stage 1 reads the history only through sinks)")
+        if sinkless and self.inter_sink:
+            raise bad("inter_sink", "needs use_sink=true")
+        if sinkless and self.use_cls_token:
+            raise bad("use_cls_token", "replaces the sink token, so it needs use_sink=true")
+        if self.inter_sink and not self.split_layer:
+            raise bad(
+                "inter_sink", "needs split_layer=true (the bias acts in the lower-layer per-field passes)"
+            )
+        if self.inter_sink and self.use_cls_token:
+            raise bad("inter_sink", "cannot be combined with use_cls_token")
+        if self.two_stage and self.stage1_epochs + self.stage2_epochs == 0:
+            raise bad("stage1_epochs", "two_stage needs stage1_epochs + stage2_epochs > 0")
+        unknown_prompts = set(self.prompts) - set(PROMPT_FIELDS)
+        if unknown_prompts:
+            raise bad(
+                "prompts", f"unknown field(s) {sorted(unknown_prompts)}; known: {', '.join(PROMPT_FIELDS)}"
+            )
+        return self
+
+    @property
+    def total_epochs(self) -> int:
+        return self.stage1_epochs + self.stage2_epochs if self.two_stage else self.epochs
+
+    def stage_of_epoch(self, epoch: int) -> str:
+        """'sink_only' for the first stage of two-stage training, else 'all_tokens' (method spec §6)."""
+        return "sink_only" if self.two_stage and epoch < self.stage1_epochs else "all_tokens"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PROMPT_FIELDS = ("pos", "neg", "all", "title", "categories")
+PROMPT_PRESETS = {
+    "en": {
+        "pos": "Items the user liked: ",
+        "neg": "Items the user disliked: ",
+        "all": "Items the user interacted with: ",
+        "title": "Target item title: ",
+        "categories": "Target item categories: ",
+    },
+    # the reference implementation's Chinese prompts (MovieLens wording)
+    "zh": {
+        "pos": "用户评分高的电影：",
+        "neg": "用户评分低的电影：",
+        "all": "用户看过的电影：",
+        "title": "电影标题是：",
+        "categories": "电影类型是：",
+    },
+}
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise CtrSinkError(f"config option '{key}': expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise CtrSinkError(f"config option '{key}': expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CtrSinkError(f"config option '{key}': expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise CtrSinkError(f"config option '{key}': expected a string, got {value!r}")
+        return value
+    if origin is dict or (isinstance(typ, types.GenericAlias) and typ.__origin__ is dict):
+        if not isinstance(value, dict):
+            raise CtrSinkError(f"config option '{key}': expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    return value
+
+
+def _unknown_key(key: str) -> CtrSinkError:
+    names = [f.name for f in dataclasses.fields(Config)]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return CtrSinkError(f"unknown config option '{key}'{hint}")
+
+
+def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
+    cfg = dataclasses.replace(base) if base is not None else Config()
+    hints = _field_types()
+    for key, value in values.items():
+        if key not in hints:
+            raise _unknown_key(key)
+        setattr(cfg, key, _coerce(key, value, hints[key]))
+    return cfg.validate()
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings; values are read as YAML scalars (true, 3, 1e-4, text)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise CtrSinkError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if "." in key:  # prompts.pos=...
+            head, sub = key.split(".", 1)
+            out.setdefault(head, {})[sub] = raw
+            continue
+        try:
+            out[key] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise CtrSinkError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise CtrSinkError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise CtrSinkError(f"config file {path} must hold a mapping of options")
+        values.update(loaded)
+    for key, value in parse_overrides(overrides or []).items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return config_from_dict(values)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)

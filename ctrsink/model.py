@@ -1,0 +1,128 @@
+"""The CTR model, read top to bottom (spec §5):
+
+per field: token embeddings (sink rows replaced by signal embeddings) -> lower layers (+ inter-sink bias)
+           -> pool (all tokens, or sinks only in stage 1)
+pooled fields as a short sequence -> upper layers -> per-field projection -> fusion -> logit
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ctrsink.backbones import Backbone, additive_mask
+from ctrsink.config import Config
+from ctrsink.sinks.inter_sink import InterSinkBias, gather_sink_positions
+from ctrsink.sinks.signals import SinkSignalEmbedding
+from ctrsink.text import ROLE_ID
+
+POOLINGS = ("all_tokens", "sink_only")
+
+
+def masked_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    w = weights.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+class FieldHead(nn.Module):
+    """p_f = Lin(H/2 -> 128)(LeakyReLU(Lin(H -> H/2)(z_f)))."""
+
+    def __init__(self, hidden: int, out: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(hidden, hidden // 2), nn.LeakyReLU(0.01), nn.Linear(hidden // 2, out)
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class CTRModel(nn.Module):
+    def __init__(self, backbone: Backbone, cfg: Config, fields: list[str], history_fields: list[str]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.cfg = cfg
+        self.fields = list(fields)
+        self.history_fields = list(history_fields)
+        h = backbone.hidden_size
+        n_layers = backbone.num_layers
+        self.split_at = n_layers // 2 if cfg.split_layer and n_layers >= 2 else n_layers
+        self.causal = backbone.spec.causal
+        self.signal = (
+            SinkSignalEmbedding(cfg.sink_num_embeddings, cfg.sink_embedding_dim, h)
+            if cfg.use_sink and cfg.sink_signal != "off"
+            else None
+        )
+        self.inter_sink = nn.ModuleDict()
+        if cfg.inter_sink:
+            n_bias = cfg.inter_sink_layers or backbone.spec.inter_sink_layers(n_layers)
+            n_bias = min(n_bias, self.split_at)  # the bias acts only in the lower, per-field passes
+            lam = cfg.inter_sink_lambda_init or backbone.spec.inter_sink_lambda_init
+            dropout = float(
+                getattr(backbone.config, "attention_probs_dropout_prob", 0.0)
+                or getattr(backbone.config, "attention_dropout", 0.0)
+                or 0.0
+            )
+            for i in range(n_bias):
+                self.inter_sink[str(i)] = InterSinkBias(h, backbone.config.num_attention_heads, lam, dropout)
+        self.heads = nn.ModuleDict({f: FieldHead(h) for f in self.fields})
+        self.fusion = nn.Sequential(
+            nn.Linear(128 * len(self.fields), 128), nn.LayerNorm(128), nn.LeakyReLU(0.01)
+        )
+        self.ctr = nn.Sequential(nn.Linear(128, 32), nn.LeakyReLU(0.01), nn.Linear(32, 1))
+        self.current_field: str | None = None  # read by capture hooks: which field the layers are processing
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Everything outside the backbone (trained with head_lr)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+
+    def encode_field(self, name: str, batch: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
+        """One field through the lower layers, pooled to (B, H)."""
+        self.current_field = name
+        ids, attn = batch["input_ids"], batch["attention_mask"]
+        roles = batch["token_roles"]
+        embeds = self.backbone.word_embeddings()(ids)
+        if self.signal is not None and "sink_signal_ids" in batch:
+            embeds = self.signal(embeds, batch["sink_signal_ids"])
+        hidden = self.backbone.embed(embeds)
+        mask = additive_mask(attn, self.causal, hidden.dtype)
+        rope = self.backbone.position_embeddings(hidden)
+        is_history = name in self.history_fields
+        if len(self.inter_sink) and is_history:
+            sink_pos, sink_valid = gather_sink_positions(roles, ROLE_ID["sink"])
+        for i in range(self.split_at):
+            layer_mask = mask
+            if is_history and str(i) in self.inter_sink and sink_pos.shape[1] > 0:
+                attn_in = self.backbone.attention_input(i, hidden)
+                layer_mask = mask + self.inter_sink[str(i)](attn_in, sink_pos, sink_valid)
+            hidden = self.backbone.run_layer(i, hidden, layer_mask, rope)
+        hidden = self.backbone.final_norm(hidden)
+        if pooling == "sink_only" and is_history:
+            weights = roles == ROLE_ID["sink"]
+            # a history without sinks (0 or 1 behavior) pools its first token, as the reference
+            empty = ~weights.any(1)
+            weights = weights.clone()
+            weights[empty, 0] = True
+        else:
+            weights = attn.bool()
+        return masked_mean(hidden, weights)
+
+    def forward(
+        self, fields: dict[str, dict[str, torch.Tensor]], pooling: str = "all_tokens"
+    ) -> torch.Tensor:
+        pooled = torch.stack(
+            [self.encode_field(f, fields[f], pooling) for f in self.fields], dim=1
+        )  # (B, F, H)
+        z = pooled
+        if self.split_at < self.backbone.num_layers:
+            self.current_field = "fields"
+            b, f = pooled.shape[:2]
+            ones = torch.ones(b, f, dtype=torch.long, device=pooled.device)
+            mask = additive_mask(ones, self.causal, pooled.dtype)
+            rope = self.backbone.position_embeddings(pooled)
+            for i in range(self.split_at, self.backbone.num_layers):
+                z = self.backbone.run_layer(i, z, mask, rope)
+            z = self.backbone.final_norm(z)
+        self.current_field = None
+        proj = torch.cat([self.heads[f](z[:, j]) for j, f in enumerate(self.fields)], dim=-1)
+        return self.ctr(self.fusion(proj)).squeeze(-1)

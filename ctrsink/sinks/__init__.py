@@ -1,0 +1,1 @@
+"""CTR-Sink's own mechanisms: sink tokens, sink signal embeddings, the inter-sink attention bias."""

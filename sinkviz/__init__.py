@@ -1,0 +1,1 @@
+"""sinkviz: attention capture and sink analyses for ctrsink runs."""
