@@ -1,0 +1,56 @@
+"""Metrics against scikit-learn and a hand computation of gAUC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss, roc_auc_score
+
+from ctrsink.metrics import auc, ctr_metrics, gauc, logloss
+
+
+def test_auc_and_logloss_match_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(rng.random(500) * 0.6 + y * 0.3, 0, 1)
+    assert auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert logloss(y, p) == pytest.approx(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7)), abs=1e-9)
+
+
+def test_auc_single_class_is_nan() -> None:
+    assert np.isnan(auc(np.ones(5), np.arange(5.0)))
+
+
+def test_gauc_is_impression_weighted_mean_over_users_with_both_labels() -> None:
+    rng = np.random.default_rng(1)
+    groups = rng.integers(0, 30, 800)
+    y = rng.integers(0, 2, 800)
+    s = rng.random(800) + 0.2 * y
+    groups[groups == 3] = 99  # one user ...
+    y[groups == 99] = 1  # ... with one class only: excluded
+    num = den = 0.0
+    for g in np.unique(groups):
+        m = groups == g
+        if y[m].min() == y[m].max():
+            continue
+        num += m.sum() * roc_auc_score(y[m], s[m])
+        den += m.sum()
+    assert gauc(y, s, groups) == pytest.approx(num / den, abs=1e-12)
+
+
+def test_gauc_handles_ties_like_sklearn() -> None:
+    y = np.array([0, 1, 0, 1, 1, 0])
+    s = np.array([0.5, 0.5, 0.2, 0.9, 0.2, 0.9])
+    g = np.zeros(6, dtype=int)
+    assert gauc(y, s, g) == pytest.approx(roc_auc_score(y, s))
+
+
+def test_ctr_metrics_from_logits() -> None:
+    y = np.array([0, 1, 1, 0])
+    logits = np.array([-2.0, 1.0, 0.5, 0.1])
+    m = ctr_metrics(y, logits, np.array([0, 0, 1, 1]))
+    p = 1 / (1 + np.exp(-logits))
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["gauc"] == pytest.approx(1.0)
+    assert m["calibration"] == pytest.approx(p.mean() / 0.5)
+    assert m["n"] == 4
