@@ -176,10 +176,7 @@ def _train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, seed: int
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, special_tokens=specials, show_progress=False
-        )
-        tok.train_from_iterator(texts, trainer=trainer)
+        tok.model = models.WordPiece(_wordpiece_vocab(tok, texts, specials, vocab_size), unk_token="[UNK]")
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
@@ -216,6 +213,25 @@ def _train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, seed: int
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     fast.add_tokens([SCRATCH_SINK], special_tokens=True)
     return fast
+
+
+def _wordpiece_vocab(tok, texts: list[str], specials: list[str], vocab_size: int) -> dict[str, int]:
+    """Whole words by frequency plus every character (word-initial and ##-continuation), ids fixed by sorting.
+
+    Built by counting instead of with the `tokenizers` WordPiece/BPE trainers, whose tie-breaking follows hash-map
+    order: the same text gave different vocabularies run to run, so a seed did not reproduce a model.
+    """
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)))
+    chars = sorted({c for w in counts for c in w})
+    pieces = specials + chars + ["##" + c for c in chars]
+    taken = set(pieces)
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in taken]
+    pieces += words[: max(0, vocab_size - len(pieces))]
+    return {p: i for i, p in enumerate(pieces)}
 
 
 def _scratch_model(kind: str, tokenizer, cfg) -> nn.Module:

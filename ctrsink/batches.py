@@ -61,9 +61,11 @@ class Batcher:
         sims = {}
         for f in self.renderer.history_fields:
             row[f"{f}_order"], sims[f] = self.select(row, f)
+            if self.cfg.behavior_selection == "similarity" and sims[f] is not None:
+                row[f"{f}_keep"] = "first"  # most similar first: truncation drops the least similar
         enc = self.renderer.encode(row)
         signals = {}
-        for f in self.renderer.history_fields:
+        for stream, f in enumerate(self.renderer.history_fields):
             e = enc[f]
             ids: list[int] = []
             if self.cfg.use_sink and self.cfg.sink_signal != "off" and e.sink_positions:
@@ -82,6 +84,7 @@ class Batcher:
                     time_gap_ref=self.cfg.time_gap_ref,
                     tau_hours=self.cfg.time_gap_tau_hours,
                     horizon_days=self.cfg.time_gap_horizon_days,
+                    stream=stream,
                 )
             per_token = [-1] * len(e.input_ids)
             for pos, s in zip(e.sink_positions, ids):

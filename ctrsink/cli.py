@@ -11,6 +11,7 @@ from pathlib import Path
 
 def _prepare(args: argparse.Namespace) -> None:
     from ctrsink.data import prepare
+    from ctrsink.errors import CtrSinkError
 
     options = {
         k: v
@@ -27,7 +28,12 @@ def _prepare(args: argparse.Namespace) -> None:
         )
         options[key] = args.label_threshold
     if args.split_fractions:
-        options["split_fractions"] = tuple(float(x) for x in args.split_fractions.split(","))
+        try:
+            options["split_fractions"] = tuple(float(x) for x in args.split_fractions.split(","))
+        except ValueError:
+            raise CtrSinkError(
+                f"option '--split-fractions': expected three numbers, got {args.split_fractions!r}"
+            ) from None
     if args.columns:
         options["columns"] = dict(pair.split("=", 1) for pair in args.columns)
     manifest = prepare(args.source, args.path, args.out, **options)
@@ -62,6 +68,29 @@ def _predict(args: argparse.Namespace) -> None:
     scores = predict(args.run, args.data, args.split, args.pooling)
     atomic_write_text(Path(args.out), scores.to_csv(index=False))
     print(f"wrote {len(scores)} scores to {args.out}")
+
+
+def _ablate(args: argparse.Namespace) -> None:
+    from ctrsink.ablate import DEFAULT_VARIANTS, ablate, summarize
+    from ctrsink.config import load_config
+    from ctrsink.errors import CtrSinkError
+
+    base = load_config(args.config, args.set)
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else DEFAULT_VARIANTS
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise CtrSinkError(
+            f"option '--seeds': expected integers separated by commas, got {args.seeds!r}"
+        ) from None
+    table = ablate(args.data, base, variants, seeds, args.out)
+    print(summarize(table))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from ctrsink.pipeline import run_demo
+
+    run_demo(args.out, args.set)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_train)
+
+    s = sub.add_parser("ablate", help="train variants x seeds on the same data; tidy table + summary")
+    s.add_argument("--data", required=True)
+    s.add_argument("--config")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--variants", help="comma-separated, e.g. baseline,sink,full (default: the core grid)")
+    s.add_argument("--seeds", default="1,2,3")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_ablate)
+
+    s = sub.add_parser("demo", help="the main job on the bundled sample data: prepare, train, evaluate")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.set_defaults(fn=_demo)
 
     for name, fn, help_ in (
         ("evaluate", _evaluate, "metrics of a run on a split as JSON"),

@@ -39,8 +39,10 @@ class Config:
     prompt_preset: str = "en"  # en | zh
     prompts: dict[str, str] = field(default_factory=dict)  # overrides per field name
     separator: str = ";"  # between behaviors; titles contain commas, so ';' keeps boundaries readable
-    behavior_text: str = "title"  # title | title_categories
-    num_behaviors: int = 20  # per history field, most recent kept (or top by similarity)
+    behavior_text: str = (
+        "title_categories"  # title (the reference) | title_categories: genre words made explicit
+    )
+    num_behaviors: int = 10  # per history field, most recent kept (or top by similarity)
     behavior_selection: str = "recent"
     max_user_tokens: int = 256
     max_item_tokens: int = 32
@@ -56,14 +58,14 @@ class Config:
     time_gap_horizon_days: float = 365.0
     index_origin: str = "oldest"  # oldest | newest
     two_stage: bool = False
-    stage1_epochs: int = 2
-    stage2_epochs: int = 2
+    stage1_epochs: int = 3
+    stage2_epochs: int = 3
     inter_sink: bool = False
     inter_sink_layers: int = 0  # 0 = family default
     inter_sink_lambda_init: float = 0.0  # 0 = family default (BERT 10.0, Qwen2 1.0)
     split_layer: bool = True
     # --- training -------------------------------------------------------------------------------
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 32
     eval_batch_size: int = 128
     lr: float = 1e-3  # backbone
@@ -71,7 +73,7 @@ class Config:
     weight_decay: float = 5e-5
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
-    early_stop_patience: int = 2
+    early_stop_patience: int = 3
     seed: int = 42
     train_samples: int = 0  # 0 = all; otherwise a seeded subset of the training split
     eval_samples: int = 0  # 0 = all; otherwise a seeded subset of valid and of test
@@ -205,6 +207,11 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             raise CtrSinkError(f"config option '{key}': expected an integer, got {value!r}")
         return value
     if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CtrSinkError(f"config option '{key}': expected a number, got {value!r}")
         return float(value)

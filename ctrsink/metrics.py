@@ -24,7 +24,10 @@ def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
     """sum_u n_u AUC_u / sum_u n_u over users u with both labels; n_u = the user's impressions (group key: user)."""
-    df = pd.DataFrame({"y": np.asarray(labels), "s": np.asarray(scores), "g": np.asarray(groups)})
+    # labels as float64: integer arithmetic on small dtypes (int8 from Parquet) overflows in the rank formula
+    df = pd.DataFrame(
+        {"y": np.asarray(labels, dtype=np.float64), "s": np.asarray(scores), "g": np.asarray(groups)}
+    )
     # ranks within a group give each group's Mann-Whitney AUC without a Python loop per user
     df["r"] = df.groupby("g")["s"].rank(method="average")
     agg = df.groupby("g").agg(n=("y", "size"), pos=("y", "sum"))

@@ -64,7 +64,9 @@ class CTRModel(nn.Module):
                 or 0.0
             )
             for i in range(n_bias):
-                self.inter_sink[str(i)] = InterSinkBias(h, backbone.config.num_attention_heads, lam, dropout)
+                self.inter_sink[str(i)] = InterSinkBias(
+                    h, backbone.config.num_attention_heads, lam, dropout, causal=self.causal
+                )
         self.heads = nn.ModuleDict({f: FieldHead(h) for f in self.fields})
         self.fusion = nn.Sequential(
             nn.Linear(128 * len(self.fields), 128), nn.LayerNorm(128), nn.LeakyReLU(0.01)
@@ -88,6 +90,10 @@ class CTRModel(nn.Module):
         mask = additive_mask(attn, self.causal, hidden.dtype)
         rope = self.backbone.position_embeddings(hidden)
         is_history = name in self.history_fields
+        for (
+            module
+        ) in self.inter_sink.values():  # no stale affinity from an earlier field reaches capture hooks
+            module.last_affinity = None
         if len(self.inter_sink) and is_history:
             sink_pos, sink_valid = gather_sink_positions(roles, ROLE_ID["sink"])
         for i in range(self.split_at):

@@ -84,7 +84,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> ModelBundle:
     _, items, _ = load_sample_set(info["data_dir"])
     items = items.to_pandas() if hasattr(items, "to_pandas") else items
     backbone, tokenizer = backbone_from_run(run_dir)
-    vectors = np.load(run_dir / "item_vectors.npy") if (run_dir / "item_vectors.npy").is_file() else None
+    vectors = (
+        np.load(run_dir / "item_vectors.npy", allow_pickle=False)
+        if (run_dir / "item_vectors.npy").is_file()
+        else None
+    )
     model, batcher, _ = assemble(cfg, backbone, tokenizer, items, info["history_fields"], vectors)
     load_model(model, str(weights), strict=True)
     model.eval()

@@ -38,6 +38,18 @@ class FieldEncoding:
         self.behavior_index.extend([behavior] * len(ids))
 
 
+FEEDBACK_TEXT = {1: " (liked)", 0: " (disliked)"}
+
+
+def item_texts(items: Any, cfg: Config) -> tuple[list[str], list[str], list[str]]:
+    """(titles, category texts, behavior texts) exactly as rendered; scratch tokenizers learn from these too."""
+    titles = items["title"].astype(str).tolist()
+    cats = items["categories"].fillna("").astype(str).str.replace("|", ", ", regex=False).tolist()
+    if cfg.behavior_text == "title_categories":
+        return titles, cats, [f"{t} ({c})" if c else t for t, c in zip(titles, cats)]
+    return titles, cats, titles
+
+
 class TextRenderer:
     """Turns sample rows into per-field token sequences. One instance per (tokenizer, items table, config)."""
 
@@ -60,17 +72,12 @@ class TextRenderer:
         # encoders open with [CLS] and close with [SEP]; decoders have neither (pooling is a mean, not a CLS read)
         self.open_ids = [tokenizer.cls_token_id] if tokenizer.cls_token_id is not None else []
         self.close_ids = [tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else []
-        titles = items["title"].astype(str).tolist()
-        cats = items["categories"].fillna("").astype(str).str.replace("|", ", ", regex=False).tolist()
+        titles, cats, behavior_texts = item_texts(items, cfg)
         cap = cfg.max_item_tokens
-        if cfg.behavior_text == "title_categories":
-            behavior_texts = [f"{t} ({c})" if c else t for t, c in zip(titles, cats)]
-        else:
-            behavior_texts = titles
         self.title_ids = [self._ids(t)[:cap] for t in titles]
         self.category_ids = [self._ids(c)[:cap] for c in cats]
         self.behavior_ids = [self._ids(t)[:cap] for t in behavior_texts]
-        self.feedback_ids = {1: self._ids(" (liked)"), 0: self._ids(" (disliked)")}
+        self.feedback_ids = {k: self._ids(v) for k, v in FEEDBACK_TEXT.items()}
 
     def _ids(self, text: str) -> list[int]:
         if not text:
@@ -79,9 +86,18 @@ class TextRenderer:
 
     # ------------------------------------------------------------------------------------------ one sample
     def encode_history(
-        self, name: str, item_idx: np.ndarray, labels: np.ndarray | None, order: np.ndarray | None = None
+        self,
+        name: str,
+        item_idx: np.ndarray,
+        labels: np.ndarray | None,
+        order: np.ndarray | None = None,
+        keep: str = "last",
     ) -> FieldEncoding:
-        """Encode one history field. `order` lists stored-history indices to keep, in display order."""
+        """Encode one history field. `order` lists stored-history indices to keep, in display order.
+
+        Over budget, whole behaviors are dropped from the end opposite `keep`: 'last' keeps the newest of a
+        chronological order, 'first' keeps the most similar of a similarity order (most similar first).
+        """
         n = len(item_idx)
         if order is None:  # most recent num_behaviors, chronological
             order = np.arange(max(0, n - self.cfg.num_behaviors), n)
@@ -89,9 +105,10 @@ class TextRenderer:
             self.cfg.max_user_tokens - len(self.open_ids) - len(self.close_ids) - len(self.prompt_ids[name])
         )
         per_join = len(self.sep_ids) + (1 if self.sink_id is not None else 0)
-        # drop behaviors from the front (oldest, or least similar) until the field fits its token budget
+        # drop behaviors (oldest, or least similar) until the field fits its token budget
         blocks, used = [], 0
-        for j in reversed(order.tolist()):
+        walk = list(reversed(order.tolist())) if keep == "last" else order.tolist()
+        for j in walk:
             ids = self.behavior_ids[int(item_idx[j])]
             if labels is not None:
                 ids = ids + self.feedback_ids[int(labels[j])]
@@ -100,7 +117,8 @@ class TextRenderer:
                 break
             blocks.append((j, ids))
             used += cost
-        blocks.reverse()
+        if keep == "last":
+            blocks.reverse()
         enc = FieldEncoding(truncated=len(order) - len(blocks))
         enc.add(self.open_ids, "special")
         enc.add(self.prompt_ids[name], "prompt")
@@ -131,7 +149,13 @@ class TextRenderer:
         single = self.history_fields == ["all"]
         for f in self.history_fields:
             labels = np.asarray(row[f"{f}_label"]) if single else None
-            out[f] = self.encode_history(f, np.asarray(row[f"{f}_item_idx"]), labels, row.get(f"{f}_order"))
+            out[f] = self.encode_history(
+                f,
+                np.asarray(row[f"{f}_item_idx"]),
+                labels,
+                row.get(f"{f}_order"),
+                row.get(f"{f}_keep", "last"),
+            )
         for f in ITEM_FIELDS:
             out[f] = self.encode_item(f, int(row["item_idx"]))
         return out

@@ -47,8 +47,12 @@ def _subsample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 def tokenizer_corpus(
     items: pd.DataFrame, train: pd.DataFrame, history_fields: list[str], cfg: Config
 ) -> list[str]:
-    """Text a scratch tokenizer learns from: items seen in the training split only, and the prompts."""
+    """Text a scratch tokenizer learns from: the rendered texts of items seen in the training split, the prompts,
+    separator and feedback words, and printable ASCII so punctuation never becomes [UNK]."""
+    import string
+
     from ctrsink.config import PROMPT_PRESETS
+    from ctrsink.text import FEEDBACK_TEXT, item_texts
 
     seen = [train["item_idx"].to_numpy()]
     for f in history_fields:
@@ -56,12 +60,10 @@ def tokenizer_corpus(
         if len(col):
             seen.append(np.concatenate([np.asarray(v) for v in col]))
     idx = np.unique(np.concatenate(seen).astype(np.int64))
-    sub = items.iloc[idx]
-    texts = sub["title"].astype(str).tolist() + sub["categories"].fillna("").str.replace("|", " ").tolist()
-    texts += list({**PROMPT_PRESETS[cfg.prompt_preset], **cfg.prompts}.values()) + [
-        cfg.separator,
-        "(liked) (disliked)",
-    ]
+    titles, cats, behaviors = item_texts(items.iloc[idx], cfg)
+    texts = titles + cats + (behaviors if behaviors is not titles else [])
+    texts += list({**PROMPT_PRESETS[cfg.prompt_preset], **cfg.prompts}.values())
+    texts += [cfg.separator, *FEEDBACK_TEXT.values(), " ".join(string.printable.strip())]
     return texts
 
 
@@ -137,14 +139,8 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
                 f"{out_dir} holds an unfinished run with a different config ({', '.join(diff)}); "
                 "use the same options to resume or --overwrite to start again"
             )
-    elif main and out_dir.exists() and overwrite:
-        shutil.rmtree(out_dir)
-    elif main and out_dir.exists() and any(out_dir.iterdir()):
+    elif out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise CtrSinkError(f"output directory {out_dir} is not empty; pass --overwrite to replace it")
-    accelerator.wait_for_everyone()
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _log_to_file(out_dir / "train.log")
     set_seed(cfg.seed)
 
     # ---- data -------------------------------------------------------------------------------------
@@ -166,10 +162,19 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
         backbone, tokenizer, info = load_backbone(
             cfg, tokenizer_corpus(items, frames["train"], history_fields, cfg)
         )
-    item_vectors = _item_vectors(cfg, items, out_dir, accelerator)
+    item_vectors = _item_vectors(cfg, items, out_dir / "item_vectors.npy" if resuming else None)
     model, batcher, sink_info = assemble(cfg, backbone, tokenizer, items, history_fields, item_vectors)
     if resuming:
         load_model(model, str(last_dir / CHECKPOINT), strict=True)
+    # only now, with data and model loaded without error, is the run directory touched
+    if main and not resuming and out_dir.exists():
+        shutil.rmtree(out_dir)
+    accelerator.wait_for_everyone()
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _log_to_file(out_dir / "train.log")
+        if item_vectors is not None and not resuming:
+            np.save(out_dir / "item_vectors.npy", item_vectors)
     run_record = {
         "ctrsink_version": ctrsink.__version__,
         "data_dir": str(data_dir),
@@ -332,23 +337,15 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
     return final
 
 
-def _item_vectors(
-    cfg: Config, items: pd.DataFrame, out_dir: Path, accelerator: Accelerator
-) -> np.ndarray | None:
+def _item_vectors(cfg: Config, items: pd.DataFrame, cached: Path | None) -> np.ndarray | None:
     """Frozen text embeddings of every item, computed once per run (not per batch: spec weakness #9)."""
     if cfg.behavior_selection != "similarity" and cfg.sink_signal != "similarity":
         return None
     from ctrsink.retrieval import item_vectors
 
-    path = out_dir / "item_vectors.npy"
-    if path.is_file():
-        return np.load(path)
-    vectors = item_vectors(items["title"].astype(str).tolist())
-    if accelerator.is_main_process:
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, vectors)
-        tmp.replace(path)
-    return vectors
+    if cached is not None and cached.is_file():
+        return np.load(cached, allow_pickle=False)
+    return item_vectors(items["title"].astype(str).tolist())
 
 
 def _version(pkg: str) -> str:

@@ -20,7 +20,9 @@ def test_defaults_validate_and_roundtrip(tmp_path: Path) -> None:
 def test_set_overrides_are_typed(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 2\nlr: 0.001\n")
-    cfg = load_config(path, ["epochs=3", "use_sink=true", "sink_signal=time_gap", "head_lr=1e-4", "prompts.pos=Liked: "])
+    cfg = load_config(
+        path, ["epochs=3", "use_sink=true", "sink_signal=time_gap", "head_lr=1e-4", "prompts.pos=Liked: "]
+    )
     assert cfg.epochs == 3 and cfg.use_sink is True and cfg.sink_signal == "time_gap"
     assert cfg.head_lr == pytest.approx(1e-4) and cfg.lr == pytest.approx(1e-3)
     assert cfg.prompts == {"pos": "Liked: "}

@@ -54,3 +54,13 @@ def test_ctr_metrics_from_logits() -> None:
     assert m["gauc"] == pytest.approx(1.0)
     assert m["calibration"] == pytest.approx(p.mean() / 0.5)
     assert m["n"] == 4
+
+
+def test_gauc_with_int8_labels_does_not_overflow() -> None:
+    """Parquet labels are int8; P * (P + 1) / 2 must not wrap around."""
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(4), 60)
+    y = rng.integers(0, 2, 240).astype(np.int8)
+    s = rng.random(240) + 0.3 * y
+    assert gauc(y, s, groups) == pytest.approx(gauc(y.astype(np.float64), s, groups))
+    assert 0.5 < gauc(y, s, groups) <= 1.0

@@ -22,6 +22,7 @@ class InterSinkBias(nn.Module):
         lambda_init: float,
         dropout: float = 0.0,
         mask_padded_before_softmax: bool = True,
+        causal: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -32,6 +33,9 @@ class InterSinkBias(nn.Module):
         self.inter_sink_lambda = nn.Parameter(torch.tensor(float(lambda_init)))
         # the reference lets padded sink slots into the softmax, so a sample depends on its batch (weakness #5)
         self.mask_padded_before_softmax = mask_padded_before_softmax
+        # decoders: sink i's inner softmax sees only sinks j <= i. The reference normalises over all sinks, so the
+        # bias an earlier sink gets depends on later sinks' states: a leak of future tokens into past positions.
+        self.causal = causal
         self.last_affinity: torch.Tensor | None = None  # (B, m, m), kept for capture hooks
 
     def affinity(self, sink_states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -43,6 +47,9 @@ class InterSinkBias(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, heads, m, m)
         if self.mask_padded_before_softmax:
             scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min)
+        if self.causal:  # positions are in sequence order, so slot j > i is a later sink
+            later = torch.ones(m, m, dtype=torch.bool, device=scores.device).triu(1)
+            scores = scores.masked_fill(later, torch.finfo(scores.dtype).min)
         a = self.dropout(torch.softmax(scores, dim=-1)).mean(dim=1)
         pair = valid[:, :, None] & valid[:, None, :]
         return a * pair.to(a.dtype)

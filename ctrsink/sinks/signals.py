@@ -10,11 +10,17 @@ from torch import nn
 
 
 def time_gap_bucket(gap_seconds: np.ndarray, n: int, tau_hours: float, horizon_days: float) -> np.ndarray:
-    """Log-bucketed elapsed time: floor(c * ln(1 + gap / tau)), c = (n-1) / ln(1 + horizon / tau), clipped to [0, n-1]."""
+    """Log-bucketed elapsed time: floor(c * ln(1 + gap / tau)), c = (n-1) / ln(1 + horizon / tau), clipped to [0, n-1].
+
+    A gap at or beyond the horizon is n-1 exactly: c * ln(1 + horizon / tau) rounds to just below n-1 for many
+    (n, tau, horizon), so the floor alone would put the horizon in bucket n-2.
+    """
     tau = tau_hours * 3600.0
-    c = (n - 1) / math.log1p(horizon_days * 86400.0 / tau)
+    horizon = horizon_days * 86400.0
+    c = (n - 1) / math.log1p(horizon / tau)
     gap = np.clip(np.asarray(gap_seconds, dtype=np.float64), 0.0, None)
-    return np.minimum(n - 1, np.floor(c * np.log1p(gap / tau))).astype(np.int64)
+    ids = np.minimum(n - 1, np.floor(c * np.log1p(gap / tau)))
+    return np.where(gap >= horizon, n - 1, ids).astype(np.int64)
 
 
 def similarity_bucket(sims: np.ndarray, n: int) -> np.ndarray:
@@ -44,8 +50,12 @@ def sink_signal_ids(
     time_gap_ref: str = "target",
     tau_hours: float = 1.0,
     horizon_days: float = 365.0,
+    stream: int = 0,
 ) -> list[int]:
-    """One bucket id per sink. The sink after kept behavior k carries behavior k's signal."""
+    """One bucket id per sink. The sink after kept behavior k carries behavior k's signal.
+
+    `stream` separates the `random` draws of a sample's history fields (0 keeps the original seeding).
+    """
     if not sink_behavior:
         return []
     stored = np.asarray([kept[k] for k in sink_behavior], dtype=np.int64)  # index into the stored history
@@ -63,10 +73,13 @@ def sink_signal_ids(
             gaps = ts[nxt] - ts[stored]
         ids = time_gap_bucket(gaps, n, tau_hours, horizon_days)
     elif kind == "similarity":
+        if sims is None:  # no item vectors: all scores equal, so every id is n-1 (spec §4, as the reference)
+            sims = np.zeros(stored_len, dtype=np.float64)
         all_kept = similarity_bucket(np.asarray(sims)[np.asarray(kept)], n)
         ids = all_kept[np.asarray(sink_behavior)]
     elif kind == "random":  # seeded once per sample, identical at train and eval (spec weakness #10)
-        ids = np.random.default_rng([seed, int(sample_id)]).integers(0, n, size=len(stored))
+        key = [seed, int(sample_id)] + ([int(stream)] if stream else [])
+        ids = np.random.default_rng(key).integers(0, n, size=len(stored))
     else:
         raise ValueError(kind)
     return ids.astype(np.int64).tolist()

@@ -1,0 +1,5 @@
+import sys
+
+from sinkviz.cli import main
+
+sys.exit(main())
