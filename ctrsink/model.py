@@ -90,11 +90,11 @@ class CTRModel(nn.Module):
         mask = additive_mask(attn, self.causal, hidden.dtype)
         rope = self.backbone.position_embeddings(hidden)
         is_history = name in self.history_fields
-        for (
-            module
-        ) in self.inter_sink.values():  # no stale affinity from an earlier field reaches capture hooks
-            module.last_affinity = None
         if len(self.inter_sink) and is_history:
+            for (
+                module
+            ) in self.inter_sink.values():  # a field without sinks must not show the previous field's
+                module.last_affinity = None
             sink_pos, sink_valid = gather_sink_positions(roles, ROLE_ID["sink"])
         for i in range(self.split_at):
             layer_mask = mask

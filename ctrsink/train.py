@@ -319,20 +319,20 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
     for split, loader in (("valid", valid_loader), ("test", test_loader)):
         final[split] = evaluate_split(model, loader, accelerator, "all_tokens")
     if main:
+        # the test row is written once, also when a run is resumed after its last epoch (no duplicate rows)
+        path = out_dir / "metrics.jsonl"
+        rows = [
+            r for r in path.read_text(encoding="utf-8").splitlines() if json.loads(r).get("stage") != "best"
+        ]
+        best = {
+            "epoch": state["best_epoch"],
+            "stage": "best",
+            "split": "test",
+            "pooling": "all_tokens",
+            **final["test"],
+        }
+        atomic_write_text(path, "\n".join([*rows, json.dumps(best)]) + "\n")
         atomic_write_json(out_dir / "final_metrics.json", final)
-        with (out_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(
-                json.dumps(
-                    {
-                        "epoch": state["best_epoch"],
-                        "stage": "best",
-                        "split": "test",
-                        "pooling": "all_tokens",
-                        **final["test"],
-                    }
-                )
-                + "\n"
-            )
     accelerator.wait_for_everyone()
     return final
 

@@ -24,6 +24,7 @@ from safetensors.numpy import load_file, save
 
 from ctrsink.errors import CtrSinkError
 from ctrsink.io import atomic_dir
+from sinkviz.reduce import SINK_METRIC_COLUMNS
 
 SCHEMA_VERSION = 1
 KIND = "sinkviz.analysis"
@@ -34,18 +35,7 @@ FULL_MAPS = "full_maps.safetensors"
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "role_mass": ("field", "layer", "head", "query_role", "key_role", "mass", "count"),
     "entropy": ("field", "layer", "head", "entropy", "entropy_norm", "count"),
-    "sink_metric": (
-        "field",
-        "layer",
-        "head",
-        "key",
-        "anchor_index",
-        "eps",
-        "n",
-        "n_above",
-        "share",
-        "importance_mean",
-    ),
+    "sink_metric": SINK_METRIC_COLUMNS,
     "behavior_map": ("field", "layer", "head", "query_behavior", "key_behavior", "mass", "count"),
     "inter_sink": ("field", "layer", "head", "query_anchor", "key_anchor", "mass", "count"),
     "tokens": ("sample_id", "field", "position", "token_id", "token", "role", "behavior_index"),

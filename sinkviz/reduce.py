@@ -18,6 +18,20 @@ import torch.nn.functional as F
 
 from ctrsink.text import ROLE_ID, ROLES
 
+# the sink-metric table's columns; sinkviz.artifacts pins every table's columns from here
+SINK_METRIC_COLUMNS = (
+    "field",
+    "layer",
+    "head",
+    "key",
+    "anchor_index",
+    "eps",
+    "n",
+    "n_above",
+    "share",
+    "importance_mean",
+)
+
 ANCHORS = ("sink", "separator")
 N_ROLES = len(ROLES)
 
@@ -358,18 +372,7 @@ class SinkMetric:
                             a[1, h] / n,
                         )
                     )
-        cols = [
-            "field",
-            "layer",
-            "head",
-            "key",
-            "anchor_index",
-            "eps",
-            "n",
-            "n_above",
-            "share",
-            "importance_mean",
-        ]
+        cols = list(SINK_METRIC_COLUMNS)
         return pd.DataFrame(rows, columns=cols)
 
 

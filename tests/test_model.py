@@ -9,9 +9,10 @@ import dataclasses
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from builders import CATS, DAY, HISTORY, T0, TITLES, make_items  # noqa: E402,F401
+from builders import make_row as _make_row
 
 from ctrsink.backbones import additive_mask, load_backbone
 from ctrsink.config import PROMPT_PRESETS, Config
@@ -25,24 +26,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BERT, QWEN = "scratch:bert-tiny", "scratch:qwen2-tiny"
 FAMILIES = [BERT, QWEN]
-HISTORY = ["pos", "neg"]
-TITLES = [
-    "Toy Story (1995)",
-    "Jumanji (1995)",
-    "Heat (1995)",
-    "Usual Suspects, The (1995)",
-    "Casino (1995)",
-    "Sabrina (1995)",
-    "GoldenEye (1995)",
-    "Balto (1995)",
-    "Nixon (1995)",
-    "Othello (1995)",
-    "Seven (1995)",
-    "Babe (1995)",
-]
-CATS = ["Animation|Comedy", "Adventure", "Crime|Thriller", "Crime|Mystery", "Drama", "Romance"] * 2
-T0 = 1_000_000_000
-DAY = 86400
 
 
 @pytest.fixture(autouse=True)
@@ -54,34 +37,8 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def make_items() -> pd.DataFrame:
-    n = len(TITLES)
-    return pd.DataFrame(
-        {
-            "item_idx": np.arange(n),
-            "item_id": [f"m{i}" for i in range(n)],
-            "title": TITLES,
-            "categories": CATS,
-            "text": TITLES,
-        }
-    )
-
-
-def make_row(sample_id: int, pos: list[int], neg: list[int], target: int = 0, label: int = 1) -> dict:
-    row = {
-        "sample_id": sample_id,
-        "user_id": f"u{sample_id}",
-        "item_idx": target,
-        "timestamp": T0,
-        "label": label,
-        "feedback": float(label),
-    }
-    for name, hist, lab in (("pos", pos, 1), ("neg", neg, 0)):
-        n = len(hist)
-        row[f"{name}_item_idx"] = list(hist)
-        row[f"{name}_timestamp"] = [T0 - (n - i) * 3 * DAY for i in range(n)]
-        row[f"{name}_label"] = [lab] * n
-    return row
+def make_row(*args, **kwargs) -> dict:
+    return _make_row(*args, gap_days=3, **kwargs)
 
 
 # varied lengths: padding in every field, a history with one behavior (no sink) and an empty one

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from builders import make_items, make_row
 
 from ctrsink.backbones import load_backbone
 from ctrsink.config import PROMPT_PRESETS, Config
@@ -44,39 +45,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 TITLES = ["Toy Story", "Jumanji", "Heat", "Casino", "Sabrina", "GoldenEye", "Balto", "Nixon", "Seven", "Babe"]
 CATS = ["Animation|Comedy", "Adventure", "Crime|Thriller", "Drama", "Romance"] * 2
-T0, DAY = 1_000_000_000, 86400
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
 def items() -> pd.DataFrame:
-    n = len(TITLES)
-    return pd.DataFrame(
-        {
-            "item_idx": np.arange(n),
-            "item_id": [f"m{i}" for i in range(n)],
-            "title": TITLES,
-            "categories": CATS,
-            "text": TITLES,
-        }
-    )
+    return make_items(TITLES, CATS)
 
 
 def row(sample_id: int, pos: list[int], neg: list[int], target: int = 0, label: int = 1) -> dict:
-    out = {
-        "sample_id": sample_id,
-        "user_id": f"u{sample_id}",
-        "item_idx": target,
-        "timestamp": T0,
-        "label": label,
-        "feedback": float(label),
-    }
-    for name, hist, lab in (("pos", pos, 1), ("neg", neg, 0)):
-        out[f"{name}_item_idx"] = list(hist)
-        out[f"{name}_timestamp"] = [T0 - (len(hist) - i) * DAY for i in range(len(hist))]
-        out[f"{name}_label"] = [lab] * len(hist)
-    return out
+    return make_row(sample_id, pos, neg, target, label)
 
 
 # padding in every field, a one-behavior history (no sink) and an empty one
