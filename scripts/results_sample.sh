@@ -9,4 +9,4 @@ THREADS=${THREADS:-1}
 mkdir -p runs/results
 [ -f runs/data/synthetic/manifest.json ] || ctrsink prepare --source csv --path sample_data/synthetic --out runs/data/synthetic
 ctrsink ablate --data runs/data/synthetic --seeds 1,2,3 --out runs/results/sample_ablation --set num_threads="$THREADS" \
-  --variants baseline,sink,sink+signal,sink+signal+two_stage,full,cls_token,random_signal,signal:index,signal:similarity
+  --variants baseline,sink,sink+signal,sink+signal+two_stage,full,cls_token,random_signal
