@@ -78,22 +78,27 @@ class CTRModel(nn.Module):
         """Everything outside the backbone (trained with head_lr)."""
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
 
-    def encode_field(self, name: str, batch: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
-        """One field through the lower layers, pooled to (B, H)."""
-        self.current_field = name
-        ids, attn = batch["input_ids"], batch["attention_mask"]
-        roles = batch["token_roles"]
-        embeds = self.backbone.word_embeddings()(ids)
+    def input_embeds(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-token input rows of one field: word lookup, then sink rows replaced by the signal module."""
+        embeds = self.backbone.word_embeddings()(batch["input_ids"])
         if self.signal is not None and "sink_signal_ids" in batch:
             embeds = self.signal(embeds, batch["sink_signal_ids"])
+        return embeds
+
+    def encode_field(
+        self, name: str, batch: dict[str, torch.Tensor], pooling: str, embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One field through the lower layers, pooled to (B, H). `embeds` overrides the input rows (attribution)."""
+        self.current_field = name
+        attn, roles = batch["attention_mask"], batch["token_roles"]
+        if embeds is None:
+            embeds = self.input_embeds(batch)
         hidden = self.backbone.embed(embeds)
         mask = additive_mask(attn, self.causal, hidden.dtype)
         rope = self.backbone.position_embeddings(hidden)
         is_history = name in self.history_fields
         if len(self.inter_sink) and is_history:
-            for (
-                module
-            ) in self.inter_sink.values():  # a field without sinks must not show the previous field's
+            for module in self.inter_sink.values():  # a field without sinks must not show an earlier field's
                 module.last_affinity = None
             sink_pos, sink_valid = gather_sink_positions(roles, ROLE_ID["sink"])
         for i in range(self.split_at):
@@ -114,11 +119,16 @@ class CTRModel(nn.Module):
         return masked_mean(hidden, weights)
 
     def forward(
-        self, fields: dict[str, dict[str, torch.Tensor]], pooling: str = "all_tokens"
+        self,
+        fields: dict[str, dict[str, torch.Tensor]],
+        pooling: str = "all_tokens",
+        embeds: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """Logits (B,). `embeds` (per field) replaces the input rows, for gradient attributions."""
+        rows = embeds or {}
         pooled = torch.stack(
-            [self.encode_field(f, fields[f], pooling) for f in self.fields], dim=1
-        )  # (B, F, H)
+            [self.encode_field(f, fields[f], pooling, rows.get(f)) for f in self.fields], dim=1
+        )
         z = pooled
         if self.split_at < self.backbone.num_layers:
             self.current_field = "fields"

@@ -25,8 +25,11 @@ def features(frame, genres: list[set[str]], with_time: bool) -> np.ndarray:
         n_pos, n_neg = len(r.pos_item_idx), len(r.neg_item_idx)
         f = [sum(related[-3:]), sum(related[-5:]), sum(related), n_pos / max(1, n_pos + n_neg)]
         if with_time:
-            f += [any(g <= 7200 for g in gaps), any(g <= 86400 for g in gaps),
-                  np.log1p(min(gaps) / 3600) if gaps else 10.0]
+            f += [
+                any(g <= 7200 for g in gaps),
+                any(g <= 86400 for g in gaps),
+                np.log1p(min(gaps) / 3600) if gaps else 10.0,
+            ]
         rows.append(f)
     return np.asarray(rows, dtype=np.float64)
 
