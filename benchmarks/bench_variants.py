@@ -3,8 +3,9 @@ the `sdpa` attention path against `eager`, measured in one process on the same b
 
     python benchmarks/bench_variants.py --data DATA_DIR [--backbone scratch:bert-tiny] [--batches 6] [--out FILE.json]
 
-Ratios are against `baseline` measured in the same run, so machine load cancels to first order. Peak memory is the
-process's max resident set size growth while the variant runs (ru_maxrss), a coarse but honest CPU measure.
+Ratios are against `baseline` measured in the same run. Each measurement runs in its own child process (so its peak
+resident memory, ru_maxrss, is its own), measurements are interleaved over `--repeats` rounds so drifting machine load
+hits every variant alike, and the fastest round of each is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,49 +66,98 @@ def measure(cfg, frames, items, fields, n_batches: int, attn: str) -> dict[str, 
     return {"train_samples_per_s": n / train_s, "infer_samples_per_s": n / infer_s, "peak_rss_mb": _rss_mb()}
 
 
+def _child(args: argparse.Namespace) -> None:
+    splits, items, manifest = load_sample_set(args.data)
+    base = load_config(None, [f"backbone={args.backbone}", *args.set])
+    cfg = variant_config(base, args.variant)
+    r = measure(
+        cfg,
+        splits["train"].to_pandas(),
+        items.to_pandas(),
+        manifest["history_fields"],
+        args.batches,
+        args.attn,
+    )
+    print(json.dumps(r))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--backbone", default="scratch:bert-tiny")
     ap.add_argument("--variants", default=",".join(DEFAULT))
-    ap.add_argument("--batches", type=int, default=6)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--out")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)  # child mode
+    ap.add_argument("--attn", default="sdpa", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    splits, items, manifest = load_sample_set(args.data)
-    items = items.to_pandas()
-    frames = splits["train"].to_pandas()
-    fields = manifest["history_fields"]
-    base = load_config(None, [f"backbone={args.backbone}", *args.set])
-    results = []
+    if args.variant:
+        _child(args)
+        return
+    jobs = []
     for name in args.variants.split(","):
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name}")
-        cfg = variant_config(base, name)
-        for attn in ("sdpa", "eager") if name in ("baseline", "full") else ("sdpa",):
-            r = measure(cfg, frames, items, fields, args.batches, attn)
-            results.append({"variant": name, "attn": attn, **r})
-            print(json.dumps(results[-1]))
-    base_row = next(r for r in results if r["variant"] == "baseline" and r["attn"] == "sdpa")
-    print(
-        "\n| variant | attention | train samples/s | × baseline | inference samples/s | × baseline | peak RSS MB |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        print(
-            f"| {r['variant']} | {r['attn']} | {r['train_samples_per_s']:.1f} | "
-            f"{r['train_samples_per_s'] / base_row['train_samples_per_s']:.2f} | {r['infer_samples_per_s']:.1f} | "
-            f"{r['infer_samples_per_s'] / base_row['infer_samples_per_s']:.2f} | {r['peak_rss_mb']:.0f} |"
+        jobs += [(name, attn) for attn in (("sdpa", "eager") if name in ("baseline", "full") else ("sdpa",))]
+    runs: dict[tuple[str, str], list[dict]] = {job: [] for job in jobs}
+    for _ in range(args.repeats):
+        for name, attn in jobs:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--data",
+                args.data,
+                "--backbone",
+                args.backbone,
+                "--batches",
+                str(args.batches),
+                "--variant",
+                name,
+                "--attn",
+                attn,
+                *sum((["--set", s] for s in args.set), []),
+            ]
+            out = (
+                subprocess.run(cmd, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            runs[(name, attn)].append(json.loads(out))
+    results = []
+    for (name, attn), rs in runs.items():
+        results.append(
+            {
+                "variant": name,
+                "attn": attn,
+                "train_samples_per_s": max(r["train_samples_per_s"] for r in rs),
+                "infer_samples_per_s": max(r["infer_samples_per_s"] for r in rs),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            }
         )
+    base_row = next(r for r in results if r["variant"] == "baseline" and r["attn"] == "sdpa")
+    lines = [
+        "| variant | attention | train samples/s | × baseline | inference samples/s | × baseline | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['variant']} | {r['attn']} | {r['train_samples_per_s']:.1f} | "
+            f"{r['train_samples_per_s'] / base_row['train_samples_per_s']:.2f} | "
+            f"{r['infer_samples_per_s']:.1f} | {r['infer_samples_per_s'] / base_row['infer_samples_per_s']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
+    print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(
             json.dumps(
                 {
                     "backbone": args.backbone,
                     "batches": args.batches,
-                    "batch_size": base.batch_size,
+                    "repeats": args.repeats,
                     "results": results,
+                    "table": lines,
                 },
                 indent=1,
             )
