@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -383,6 +384,9 @@ def test_a_grid_started_from_a_shell_counts_as_running(tmp_path: Path) -> None:
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)", "ablate", "--out", "abl"]
     proc = subprocess.Popen(sleeper, cwd=tmp_path)
     try:
+        deadline = time.time() + 10  # the child's command line is visible only once it has started
+        while jobs.cli_process(out) is None and time.time() < deadline:
+            time.sleep(0.1)
         assert jobs.cli_process(out) == proc.pid and jobs.progress(out).state == "running"
     finally:
         proc.kill()
