@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ctrsink.config import Config, config_from_dict, config_to_yaml
+from ctrsink.config import Config, config_from_dict, config_to_yaml, load_config
 from ctrsink.errors import CtrSinkError
 from ctrsink.io import atomic_write_bytes, atomic_write_text
 
@@ -35,6 +35,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "signal:time_gap": dict(_SIGNAL),
     "signal:similarity": {"use_sink": True, "sink_signal": "similarity"},
     "signal:random": {"use_sink": True, "sink_signal": "random"},
+    # ID-based comparison rows on the same samples (ctrsink/idmodels): "-lite" = our re-implementations
+    "din": {"model": "din"},
+    "sparsectr_lite": {"model": "sparsectr_lite"},
+    "srp4ctr_lite": {"model": "srp4ctr_lite"},
 }
 DEFAULT_VARIANTS = [
     "baseline",
@@ -46,6 +50,7 @@ DEFAULT_VARIANTS = [
     "random_signal",
 ]
 SINK_KEYS = ("use_sink", "sink_signal", "use_cls_token", "two_stage", "inter_sink")
+VARIANT_KEYS = ("model", *SINK_KEYS)  # what a variant decides; the base config decides the rest
 TABLE_COLUMNS = [
     "variant",
     "seed",
@@ -66,7 +71,7 @@ def variant_config(base: Config, name: str) -> Config:
     if name not in VARIANTS:
         raise CtrSinkError(f"option '--variants': unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     values = base.to_dict()
-    for key in SINK_KEYS:  # a variant fully decides the sink components; the base config the rest
+    for key in VARIANT_KEYS:  # a variant fully decides the model and its sink components
         values.pop(key)
     values.update(VARIANTS[name])
     return config_from_dict(values)
@@ -109,9 +114,10 @@ def ablate(
             log.info("%s seed %d: training -> %s", variant, seed, run)
             train(data_dir, cfg, run)
     table = collect(out, variants, seeds)
-    buf = table.to_parquet(index=False)
-    atomic_write_bytes(out / "ablation.parquet", buf)
-    atomic_write_text(out / "summary.md", summarize(table))
+    costs = collect_costs(out, variants, seeds)
+    atomic_write_bytes(out / "ablation.parquet", table.to_parquet(index=False))
+    atomic_write_bytes(out / "costs.parquet", costs.to_parquet(index=False))
+    atomic_write_text(out / "summary.md", summarize(table, costs))
     return table
 
 
@@ -126,6 +132,63 @@ def collect(out: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
+COST_COLUMNS = [
+    "variant",
+    "seed",
+    "model",
+    "parameters",
+    "flops_per_sample_b1",
+    "flops_per_sample_b100",
+    "train_samples_per_s",
+]
+
+
+def run_cost(run: Path) -> dict[str, Any]:
+    """A run's cost record (run.json); runs trained before costs were recorded get it computed once, cached."""
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    if "cost" in info:
+        return info["cost"]
+    cached = run / "cost.json"
+    if cached.is_file():
+        return json.loads(cached.read_text(encoding="utf-8"))
+    from ctrsink.cost import model_cost
+    from ctrsink.data import load_sample_set
+    from ctrsink.run import load_run
+
+    bundle = load_run(run)
+    splits, _, _ = load_sample_set(info["data_dir"])
+    cost = model_cost(bundle.model, bundle.batcher, splits["valid"].slice(0, 2000).to_pandas())
+    atomic_write_text(cached, json.dumps(cost, indent=1))
+    return cost
+
+
+def collect_costs(out: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
+    """One row per run: model, parameters, FLOPs per sample (batch 1 / one request of 100), training samples/s."""
+    rows = []
+    for variant in variants:
+        for seed in seeds:
+            run = out / "runs" / run_dir_name(variant, seed)
+            cost = run_cost(run)
+            info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+            epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            seconds = [
+                r["train_seconds"] for r in epochs if r.get("split") == "valid" and r.get("train_seconds")
+            ]
+            per_epoch = float(np.median(seconds)) if seconds else float("nan")
+            rows.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "model": load_config(run / "config.yaml").model,
+                    "parameters": cost["parameters"],
+                    "flops_per_sample_b1": cost["flops_per_sample_b1"],
+                    "flops_per_sample_b100": cost["flops_per_sample_b100"],
+                    "train_samples_per_s": info["sizes"]["train"] / per_epoch if seconds else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows, columns=COST_COLUMNS)
+
+
 def _interval(values: np.ndarray) -> tuple[float, float]:
     """Mean and half-width of a 95% t-interval over seeds (NaN half-width with one seed)."""
     values = values[~np.isnan(values)]
@@ -137,7 +200,7 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(half)
 
 
-def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+def summary_table(table: pd.DataFrame, costs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Test metrics at each run's best epoch: mean and 95% interval per variant, difference to baseline by seed."""
     test = table[(table["split"] == "test") & (table["stage"] == "best")]
     base = test[test["variant"] == "baseline"].set_index("seed")
@@ -158,18 +221,24 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
             .mean()
         )
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if costs is not None and len(costs) and len(out):
+        cost = costs.groupby("variant", sort=False)[COST_COLUMNS[3:]].mean().reset_index()
+        out = out.merge(cost, on="variant", how="left")
+    return out
 
 
-def summarize(table: pd.DataFrame) -> str:
-    s = summary_table(table)
+def summarize(table: pd.DataFrame, costs: pd.DataFrame | None = None) -> str:
+    s = summary_table(table, costs)
+    with_cost = "parameters" in s.columns
 
     def fmt(mean: float, half: float) -> str:
         return "n/a" if np.isnan(mean) else (f"{mean:.4f}" if np.isnan(half) else f"{mean:.4f} ± {half:.4f}")
 
     lines = [
-        "| variant | seeds | test AUC | Δ AUC vs baseline | test LogLoss | Δ LogLoss | test gAUC | train s/run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | seeds | test AUC | Δ AUC vs baseline | test LogLoss | Δ LogLoss | test gAUC | train s/run |"
+        + (" params | MFLOPs/sample b1 | b100 | train samples/s |" if with_cost else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if with_cost else ""),
     ]
     for _, r in s.iterrows():
         d_auc = (
@@ -186,11 +255,24 @@ def summarize(table: pd.DataFrame) -> str:
             f"| {r['variant']} | {r['seeds']} | {fmt(r['auc'], r['auc_ci95'])} | {d_auc} | "
             f"{fmt(r['logloss'], r['logloss_ci95'])} | {d_ll} | {fmt(r['gauc'], r['gauc_ci95'])} | "
             f"{r['train_seconds']:.0f} |"
+            + (
+                f" {r['parameters']:,.0f} | {r['flops_per_sample_b1'] / 1e6:,.1f} | "
+                f"{r['flops_per_sample_b100'] / 1e6:,.1f} | {r['train_samples_per_s']:.0f} |"
+                if with_cost
+                else ""
+            )
         )
     lines.append("")
     lines.append(
         "Mean ± half-width of a 95% t-interval over seeds; Δ is paired by seed against `baseline`; "
         "test metrics at each run's best validation epoch."
+        + (
+            " Parameters and FLOPs per sample (2 per multiply-add, batch 1 and one request of 100 candidates, "
+            "where folding rows compute the user side once) from each run's run.json; training samples/s is "
+            "the median epoch's, measured while other jobs may have shared the cores."
+            if with_cost
+            else ""
+        )
     )
     stage = (
         table[(table["split"] == "valid")].groupby(["variant", "stage", "pooling"])["auc"].max().reset_index()

@@ -71,7 +71,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _ablate(args: argparse.Namespace) -> None:
-    from ctrsink.ablate import DEFAULT_VARIANTS, ablate, summarize
+    from ctrsink.ablate import DEFAULT_VARIANTS, ablate
     from ctrsink.config import load_config
     from ctrsink.errors import CtrSinkError
 
@@ -83,8 +83,8 @@ def _ablate(args: argparse.Namespace) -> None:
         raise CtrSinkError(
             f"option '--seeds': expected integers separated by commas, got {args.seeds!r}"
         ) from None
-    table = ablate(args.data, base, variants, seeds, args.out)
-    print(summarize(table))
+    ablate(args.data, base, variants, seeds, args.out)
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
 
 
 def _demo(args: argparse.Namespace) -> None:

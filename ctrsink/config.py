@@ -19,7 +19,94 @@ from ctrsink.errors import CtrSinkError
 
 SINK_SIGNALS = ("off", "none", "index", "time_gap", "similarity", "random")
 BEHAVIOR_SELECTIONS = ("recent", "similarity")
-MODELS = ("ctrsink",)
+MODELS = (
+    "ctrsink",
+    "sparsectr_lite",
+    "srp4ctr_lite",
+    "din",
+)  # ctrsink = a language model over text; others: IDs
+
+
+@dataclass
+class IDModelConfig:
+    """Shared sizes of the ID-based comparison rows (`model` = sparsectr_lite | srp4ctr_lite | din)."""
+
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    time_buckets: int = 32  # log-bucketed time gaps (to the target, to the previous behavior)
+
+    def validate(self, prefix: str) -> None:
+        for key in ("dim", "layers", "heads", "time_buckets"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+        if self.dim % self.heads:
+            raise CtrSinkError(
+                f"config option '{prefix}.dim': {self.dim} is not divisible by heads={self.heads}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise CtrSinkError(f"config option '{prefix}.dropout': must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class SparseCTRConfig:
+    """SparseCTR-lite (docs: ../shared/reference/related-models.md §4); our reading, not the paper's code."""
+
+    chunking: str = "personalized"  # personalized: cut at each user's largest time gaps | fixed: equal sizes
+    chunks: int = 8
+    top_k: int = 2  # chunks the transition branch attends into
+    window: int = 8  # local branch: this many previous behaviors
+    temporal_bias: str = "per_head"  # none | shared | per_head (learnable coefficients per head)
+    gates: str = "sigmoid"  # sigmoid (independent per branch) | softmax (branch weights sum to 1)
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.chunking", self.chunking, ("personalized", "fixed"))
+        _choice(f"{prefix}.temporal_bias", self.temporal_bias, ("none", "shared", "per_head"))
+        _choice(f"{prefix}.gates", self.gates, ("sigmoid", "softmax"))
+        for key in ("chunks", "top_k", "window"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+
+
+@dataclass
+class SRP4CTRConfig:
+    """SRP4CTR-lite (related-models.md §5): a pre-trained ID encoder, candidate cross-attention, querying transformer."""
+
+    encoder: str = ""  # a `ctrsink pretrain` output dir; "" = pre-train one on the training split first
+    init: str = "pretrained"  # pretrained | random (no pre-training)
+    encoder_mode: str = "finetune"  # finetune | frozen
+    kv: str = "shared"  # shared: the candidate stream uses the encoder's K/V projections | untied
+    queries: int = 4  # M learned queries of the querying transformer
+    query_layers: int = 1
+    mask_ratio: float = 0.15
+    pretrain_epochs: int = 4
+    pretrain_lr: float = 1e-3
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.init", self.init, ("pretrained", "random"))
+        _choice(f"{prefix}.encoder_mode", self.encoder_mode, ("finetune", "frozen"))
+        _choice(f"{prefix}.kv", self.kv, ("shared", "untied"))
+        for key in ("queries", "query_layers", "pretrain_epochs"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+        if not 0 < self.mask_ratio < 1:
+            raise CtrSinkError(
+                f"config option '{prefix}.mask_ratio': must be in (0, 1), got {self.mask_ratio}"
+            )
+        if not self.pretrain_lr > 0:
+            raise CtrSinkError(f"config option '{prefix}.pretrain_lr': must be > 0, got {self.pretrain_lr}")
+        if self.encoder and self.init == "random":
+            raise CtrSinkError(
+                f"config option '{prefix}.encoder': given, but {prefix}.init=random ignores it"
+            )
+
+
+def _positive(key: str, value: Any) -> None:
+    if value <= 0:
+        raise CtrSinkError(f"config option '{key}': must be > 0, got {value}")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise CtrSinkError(f"config option '{key}': {value!r} is not one of {', '.join(allowed)}")
 
 
 @dataclass
@@ -79,6 +166,10 @@ class Config:
     eval_samples: int = 0  # 0 = all; otherwise a seeded subset of valid and of test
     num_threads: int = 0  # 0 = torch default
     mixed_precision: str = "no"  # no | bf16 (bf16 is slower on CPUs without bf16 units)
+    # --- ID-based comparison rows (model != ctrsink); `--set sparsectr.chunking=fixed` -------------
+    id_model: IDModelConfig = field(default_factory=IDModelConfig)
+    sparsectr: SparseCTRConfig = field(default_factory=SparseCTRConfig)
+    srp4ctr: SRP4CTRConfig = field(default_factory=SRP4CTRConfig)
 
     def validate(self) -> Config:
         def bad(key: str, msg: str) -> CtrSinkError:
@@ -131,6 +222,12 @@ class Config:
         ]:
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0, got {getattr(self, key)}")
+        for key in ("id_model", "sparsectr", "srp4ctr"):
+            getattr(self, key).validate(key)
+        if self.model != "ctrsink" and (self.use_sink or self.two_stage or self.inter_sink):
+            raise bad("model", f"{self.model!r} reads ID sequences; sink options need model=ctrsink")
+        if self.model != "ctrsink" and self.behavior_selection != "recent":
+            raise bad("behavior_selection", f"{self.model!r} reads the most recent behaviors; use 'recent'")
         if not 0 <= self.warmup_ratio < 1:
             raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         # combinations (method spec §10)
@@ -194,8 +291,20 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(Config)
 
 
-def _coerce(key: str, value: Any, typ: Any) -> Any:
+def _coerce(key: str, value: Any, typ: Any, current: Any = None) -> Any:
     origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):  # a section: merge the given keys into the current values
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if not isinstance(value, dict):
+            raise CtrSinkError(f"config option '{key}': expected a mapping of options, got {value!r}")
+        section = dataclasses.replace(current) if current is not None else typ()
+        hints = typing.get_type_hints(typ)
+        for sub, v in value.items():
+            if sub not in hints:
+                raise _unknown_key(f"{key}.{sub}", [f"{key}.{n}" for n in hints])
+            setattr(section, sub, _coerce(f"{key}.{sub}", v, hints[sub]))
+        return section
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -226,8 +335,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     return value
 
 
-def _unknown_key(key: str) -> CtrSinkError:
-    names = [f.name for f in dataclasses.fields(Config)]
+def _unknown_key(key: str, names: list[str] | None = None) -> CtrSinkError:
+    names = names or [f.name for f in dataclasses.fields(Config)]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return CtrSinkError(f"unknown config option '{key}'{hint}")
@@ -239,7 +348,7 @@ def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Conf
     for key, value in values.items():
         if key not in hints:
             raise _unknown_key(key)
-        setattr(cfg, key, _coerce(key, value, hints[key]))
+        setattr(cfg, key, _coerce(key, value, hints[key], getattr(cfg, key)))
     return cfg.validate()
 
 
@@ -251,15 +360,20 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise CtrSinkError(f"--set expects key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
         key = key.strip()
-        if "." in key:  # prompts.pos=...
+        if "." in key:  # prompts.pos=..., sparsectr.chunking=...
             head, sub = key.split(".", 1)
-            out.setdefault(head, {})[sub] = raw
+            section = _field_types().get(head)
+            out.setdefault(head, {})[sub] = _yaml_scalar(raw) if dataclasses.is_dataclass(section) else raw
             continue
-        try:
-            out[key] = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            out[key] = raw
+        out[key] = _yaml_scalar(raw)
     return out
+
+
+def _yaml_scalar(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -74,6 +74,10 @@ class CTRModel(nn.Module):
         self.ctr = nn.Sequential(nn.Linear(128, 32), nn.LeakyReLU(0.01), nn.Linear(32, 1))
         self.current_field: str | None = None  # read by capture hooks: which field the layers are processing
 
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The language model's own weights (trained with lr)."""
+        return list(self.backbone.parameters())
+
     def new_parameters(self) -> list[nn.Parameter]:
         """Everything outside the backbone (trained with head_lr)."""
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]

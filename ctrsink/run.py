@@ -4,6 +4,7 @@ RUN_DIR/config.yaml            resolved config            RUN_DIR/run.json      
 RUN_DIR/backbone/config.json   backbone skeleton          RUN_DIR/tokenizer/      the tokenizer used (sink included)
 RUN_DIR/metrics.jsonl          one row per epoch/split/pooling     RUN_DIR/final_metrics.json  test at best
 RUN_DIR/checkpoint/best/model.safetensors     RUN_DIR/checkpoint/last/  model + optimizer + trainer state
+ID rows (`model` != ctrsink) have no backbone/ or tokenizer/; SRP4CTR-lite may leave its pre-trained RUN_DIR/encoder/.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ctrsink.backbones import Backbone, backbone_from_run
 from ctrsink.batches import Batcher
 from ctrsink.config import Config, load_config
 from ctrsink.errors import CtrSinkError
+from ctrsink.idmodels.common import IDModel
+from ctrsink.idview import IDBatcher
 from ctrsink.model import CTRModel
 from ctrsink.sinks.tokens import choose_sink_token, register_sink_token
 from ctrsink.text import ITEM_FIELDS, TextRenderer
@@ -33,8 +36,8 @@ CHECKPOINT = "model.safetensors"
 class ModelBundle:
     """Everything needed to score samples: model, batcher (renderer inside), config, run record."""
 
-    model: CTRModel
-    batcher: Batcher
+    model: CTRModel | IDModel
+    batcher: Batcher | IDBatcher
     cfg: Config
     info: dict[str, Any]
     tokenizer: Any
@@ -63,6 +66,18 @@ def assemble(
     return model, batcher, info
 
 
+def assemble_ids(
+    cfg: Config, items: pd.DataFrame, history_fields: list[str]
+) -> tuple[IDModel, IDBatcher, dict[str, Any]]:
+    """ID view and ID row for one config (`model` = din | sparsectr_lite | srp4ctr_lite)."""
+    from ctrsink.idmodels.registry import build_id_model
+
+    batcher = IDBatcher(items, cfg, history_fields)
+    model = build_id_model(cfg, batcher.vocab)
+    info = {"id_view": {"vocab": batcher.vocab.to_dict(), "max_behaviors": batcher.max_len}}
+    return model, batcher, info
+
+
 def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CtrSinkError(f"missing file {path}")
@@ -83,6 +98,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> ModelBundle:
         raise CtrSinkError(f"missing checkpoint {weights}")
     _, items, _ = load_sample_set(info["data_dir"])
     items = items.to_pandas() if hasattr(items, "to_pandas") else items
+    if cfg.model != "ctrsink":
+        id_model, id_batcher, _ = assemble_ids(cfg, items, info["history_fields"])
+        load_model(id_model, str(weights), strict=True)
+        id_model.eval()
+        return ModelBundle(id_model, id_batcher, cfg, info, None)
     backbone, tokenizer = backbone_from_run(run_dir)
     vectors = (
         np.load(run_dir / "item_vectors.npy", allow_pickle=False)

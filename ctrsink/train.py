@@ -29,10 +29,11 @@ import ctrsink
 from ctrsink.backbones import backbone_from_run, load_backbone
 from ctrsink.batches import SampleDataset
 from ctrsink.config import Config, config_to_yaml, load_config
+from ctrsink.cost import model_cost
 from ctrsink.errors import CtrSinkError
 from ctrsink.io import atomic_dir, atomic_write_json, atomic_write_text
 from ctrsink.metrics import ctr_metrics
-from ctrsink.run import CHECKPOINT, assemble, read_json
+from ctrsink.run import CHECKPOINT, assemble, assemble_ids, read_json
 
 log = logging.getLogger("ctrsink.train")
 
@@ -155,15 +156,21 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
     user_codes = {u: i for i, u in enumerate(sorted(users))}
 
     # ---- model ------------------------------------------------------------------------------------
-    if resuming:
+    is_text = cfg.model == "ctrsink"
+    if not is_text:
+        model, batcher, sink_info = assemble_ids(cfg, items, history_fields)
+        backbone, tokenizer, info = None, None, {"name": cfg.model, "family": "id", "text": False}
+        item_vectors = None
+    elif resuming:
         backbone, tokenizer = backbone_from_run(out_dir)
         info = read_json(out_dir / "run.json")["backbone"]
     else:
         backbone, tokenizer, info = load_backbone(
             cfg, tokenizer_corpus(items, frames["train"], history_fields, cfg)
         )
-    item_vectors = _item_vectors(cfg, items, out_dir / "item_vectors.npy" if resuming else None)
-    model, batcher, sink_info = assemble(cfg, backbone, tokenizer, items, history_fields, item_vectors)
+    if is_text:
+        item_vectors = _item_vectors(cfg, items, out_dir / "item_vectors.npy" if resuming else None)
+        model, batcher, sink_info = assemble(cfg, backbone, tokenizer, items, history_fields, item_vectors)
     if resuming:
         load_model(model, str(last_dir / CHECKPOINT), strict=True)
     # only now, with data and model loaded without error, is the run directory touched
@@ -175,6 +182,14 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
         _log_to_file(out_dir / "train.log")
         if item_vectors is not None and not resuming:
             np.save(out_dir / "item_vectors.npy", item_vectors)
+    if cfg.model == "srp4ctr_lite" and not resuming:
+        from ctrsink.pretrain import ensure_encoder
+
+        encoder = ensure_encoder(data_dir, cfg, out_dir) if main else None
+        accelerator.wait_for_everyone()
+        encoder = encoder if main else ensure_encoder(data_dir, cfg, out_dir)  # others read what main wrote
+        if encoder is not None:
+            model.load_encoder(encoder)
     run_record = {
         "ctrsink_version": ctrsink.__version__,
         "data_dir": str(data_dir),
@@ -186,6 +201,7 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
         "seed": cfg.seed,
         "sizes": {k: len(v) for k, v in frames.items()},
         "parameters": int(sum(p.numel() for p in model.parameters())),
+        "cost": model_cost(model, batcher, frames["valid"]),
         "behavior_selection": {
             "mode": cfg.behavior_selection,
             "order": "similarity, most similar first"
@@ -201,8 +217,9 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
     }
     if main and not resuming:
         atomic_write_text(out_dir / "config.yaml", config_to_yaml(cfg))
-        backbone.model.config.save_pretrained(out_dir / "backbone")
-        tokenizer.save_pretrained(out_dir / "tokenizer")
+        if is_text:
+            backbone.model.config.save_pretrained(out_dir / "backbone")
+            tokenizer.save_pretrained(out_dir / "tokenizer")
         atomic_write_json(out_dir / "run.json", run_record)
 
     datasets = {k: SampleDataset(v, user_codes) for k, v in frames.items()}
@@ -215,11 +232,11 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
         )
         for k, ds in datasets.items()
     }
-    backbone_params = list(model.backbone.parameters())
-    optimizer = torch.optim.AdamW(
-        [{"params": backbone_params, "lr": cfg.lr}, {"params": model.new_parameters(), "lr": cfg.head_lr}],
-        weight_decay=cfg.weight_decay,
-    )
+    groups = [
+        {"params": model.backbone_parameters(), "lr": cfg.lr},
+        {"params": model.new_parameters(), "lr": cfg.head_lr},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(datasets["train"]) // (cfg.batch_size * accelerator.num_processes))
     total_steps = steps_per_epoch * cfg.total_epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
