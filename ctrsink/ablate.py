@@ -121,6 +121,26 @@ def ablate(
     return table
 
 
+def summarize_dir(out_dir: str | Path, variants: list[str] | None = None) -> str:
+    """The summary of an ablation folder's tables, restricted to `variants` (in that order) when given."""
+    out = Path(out_dir)
+    path = out / "ablation.parquet"
+    if not path.is_file():
+        raise CtrSinkError(f"{out} holds no ablation.parquet; run `ctrsink ablate --out {out}` first")
+    table = pd.read_parquet(path)
+    costs = pd.read_parquet(out / "costs.parquet") if (out / "costs.parquet").is_file() else None
+    if variants:
+        missing = [v for v in variants if v not in set(table["variant"])]
+        if missing:
+            raise CtrSinkError(f"option '--variants': {', '.join(missing)} not in {path}")
+        order = {v: i for i, v in enumerate(variants)}
+        table = table[table["variant"].isin(order)].sort_values(
+            "variant", key=lambda c: c.map(order), kind="stable"
+        )
+        costs = costs[costs["variant"].isin(order)] if costs is not None else None
+    return summarize(table, costs)
+
+
 def collect(out: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
     rows = []
     for variant in variants:

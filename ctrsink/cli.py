@@ -87,6 +87,13 @@ def _ablate(args: argparse.Namespace) -> None:
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
 
 
+def _summarize(args: argparse.Namespace) -> None:
+    from ctrsink.ablate import summarize_dir
+
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    print(summarize_dir(args.ablation, variants))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from ctrsink.pipeline import run_demo
 
@@ -143,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", default="1,2,3")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_ablate)
+
+    s = sub.add_parser(
+        "summarize", help="the Markdown summary of an ablation folder, optionally some variants"
+    )
+    s.add_argument("--ablation", required=True, help="a folder written by `ctrsink ablate`")
+    s.add_argument("--variants", help="comma-separated subset, in this order (default: all)")
+    s.set_defaults(fn=_summarize)
 
     s = sub.add_parser("demo", help="the main job on the bundled sample data: prepare, train, evaluate")
     s.add_argument("--out", default="runs/demo")
