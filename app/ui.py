@@ -150,3 +150,14 @@ def default_pair(analyses: dict[str, Any]) -> list[str]:
 
 def plot(fig: Any, key: str | None = None) -> None:
     st.plotly_chart(fig, width="stretch", key=key)
+
+
+def require_analyses() -> tuple[Any, dict[str, Any]]:
+    """(discovered folders, loaded analyses) for a page that needs analyses; stops the page with a hint otherwise."""
+    f = found()
+    analyses = load_analyses(f)
+    if not analyses:
+        if not f.analyses:
+            no_analysis()
+        st.stop()
+    return f, analyses

@@ -70,3 +70,58 @@ def make_row(
         row[f"{name}_timestamp"] = [T0 - (n - i) * gap_days * DAY for i in range(n)]
         row[f"{name}_label"] = [lab] * n
     return row
+
+
+# A tiny world for sinkviz tests: short titles, three rows with padding in every field, a one-behavior history
+# (no sink) and an empty one.
+SHORT_TITLES = [
+    "Toy Story",
+    "Jumanji",
+    "Heat",
+    "Casino",
+    "Sabrina",
+    "GoldenEye",
+    "Balto",
+    "Nixon",
+    "Seven",
+    "Babe",
+]
+SHORT_CATS = ["Animation|Comedy", "Adventure", "Crime|Thriller", "Drama", "Romance"] * 2
+
+
+def short_items() -> pd.DataFrame:
+    return make_items(SHORT_TITLES, SHORT_CATS)
+
+
+TINY_ROWS = [
+    make_row(0, [3, 0, 7, 9, 5], [2, 4, 8], 1, 1),
+    make_row(1, [1, 2], [], 6, 0),
+    make_row(2, [8, 9, 0, 1], [3], 4, 1),
+]
+
+
+def build_tiny(backbone: str = "scratch:bert-tiny", **overrides):
+    """(model in eval mode, batcher) of a seeded 2-layer, 32-wide scratch backbone with sinks over `short_items()`."""
+    import torch
+
+    from ctrsink.backbones import load_backbone
+    from ctrsink.config import PROMPT_PRESETS, Config
+    from ctrsink.run import assemble
+
+    values = dict(
+        backbone=backbone,
+        scratch_hidden=32,
+        scratch_layers=2,
+        scratch_heads=4,
+        scratch_kv_heads=2,
+        scratch_vocab_size=300,
+        seed=0,
+        use_sink=True,
+    )
+    values.update(overrides)
+    cfg = Config(**values).validate()
+    texts = SHORT_TITLES + SHORT_CATS + list(PROMPT_PRESETS["en"].values()) + [";"]
+    bb, tok, _ = load_backbone(cfg, texts)
+    model, batcher, _ = assemble(cfg, bb, tok, short_items(), HISTORY)
+    torch.manual_seed(1)
+    return model.eval(), batcher

@@ -16,11 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from builders import make_items, make_row
+from builders import TINY_ROWS, build_tiny
 
-from ctrsink.backbones import load_backbone
-from ctrsink.config import PROMPT_PRESETS, Config
-from ctrsink.run import assemble
 from ctrsink.text import ROLE_ID
 from sinkviz import (
     ARCHITECTURES,
@@ -43,44 +40,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-TITLES = ["Toy Story", "Jumanji", "Heat", "Casino", "Sabrina", "GoldenEye", "Balto", "Nixon", "Seven", "Babe"]
-CATS = ["Animation|Comedy", "Adventure", "Crime|Thriller", "Drama", "Romance"] * 2
-
-
-# ------------------------------------------------------------------------------------------------ fixtures
-
-
-def items() -> pd.DataFrame:
-    return make_items(TITLES, CATS)
-
-
-def row(sample_id: int, pos: list[int], neg: list[int], target: int = 0, label: int = 1) -> dict:
-    return make_row(sample_id, pos, neg, target, label)
-
-
-# padding in every field, a one-behavior history (no sink) and an empty one
-ROWS = [row(0, [3, 0, 7, 9, 5], [2, 4, 8], 1, 1), row(1, [1, 2], [], 6, 0), row(2, [8, 9, 0, 1], [3], 4, 1)]
-
-
-def build(backbone: str, **overrides):
-    values = dict(
-        backbone=backbone,
-        scratch_hidden=32,
-        scratch_layers=2,
-        scratch_heads=4,
-        scratch_kv_heads=2,
-        scratch_vocab_size=300,
-        seed=0,
-        use_sink=True,
-    )
-    values.update(overrides)
-    cfg = Config(**values).validate()
-    texts = TITLES + CATS + list(PROMPT_PRESETS["en"].values()) + [";"]
-    bb, tok, _ = load_backbone(cfg, texts)
-    model, batcher, _ = assemble(cfg, bb, tok, items(), ["pos", "neg"])
-    torch.manual_seed(1)
-    model.eval()
-    return model, batcher
 
 
 def plain(kind: str) -> torch.nn.Module:
@@ -178,8 +137,8 @@ def test_filters_callback_and_restore_on_exception() -> None:
     ],
 )
 def test_ctr_model_capture_keeps_fast_path_and_logits(backbone: str, overrides: dict) -> None:
-    model, batcher = build(backbone, **overrides)
-    batch = batcher(ROWS)
+    model, batcher = build_tiny(backbone, **overrides)
+    batch = batcher(TINY_ROWS)
     with torch.no_grad():
         before = model(batch["fields"])
         with capture(model) as cache:
@@ -217,8 +176,8 @@ def analyse(model, batcher, rows, **kwargs):
 
 
 def test_role_mass_per_query_sums_to_one_and_matches_loops() -> None:
-    model, batcher = build("scratch:qwen2-tiny")
-    analysis, cache, batch = analyse(model, batcher, ROWS)
+    model, batcher = build_tiny("scratch:qwen2-tiny")
+    analysis, cache, batch = analyse(model, batcher, TINY_ROWS)
     table = analysis.tables()["role_mass"]
     assert set(table["key_role"]) == {"special", "prompt", "behavior", "separator", "target", "sink"}
     sums = table.groupby(["field", "layer", "head", "query_role"])["mass"].sum()
@@ -228,7 +187,7 @@ def test_role_mass_per_query_sums_to_one_and_matches_loops() -> None:
     roles = batch["fields"]["pos"]["token_roles"]
     masses = [
         float(pattern[b, q][roles[b] == ROLE_ID["sink"]].sum())
-        for b in range(len(ROWS))
+        for b in range(len(TINY_ROWS))
         for q in range(roles.shape[1])
         if roles[b, q] == ROLE_ID["behavior"]
     ]
@@ -249,15 +208,15 @@ def test_role_mass_per_query_sums_to_one_and_matches_loops() -> None:
     ],
 )
 def test_inter_sink_and_behavior_maps_match_hand_computation(backbone: str, overrides: dict) -> None:
-    model, batcher = build(backbone, **overrides)
-    analysis, cache, batch = analyse(model, batcher, ROWS)
+    model, batcher = build_tiny(backbone, **overrides)
+    analysis, cache, batch = analyse(model, batcher, TINY_ROWS)
     mats = analysis.matrices(model.backbone.num_layers)
     for field in model.history_fields:
         pattern = cache["layer.0.attn.pattern", field].double().numpy()
         h = pattern.shape[1]
         sums, counts = np.zeros((h, 4, 4)), np.zeros((4, 4))
         bsum, bcount = np.zeros((h, 5, 5)), np.zeros((5, 5))
-        for b, r in enumerate(ROWS):
+        for b, r in enumerate(TINY_ROWS):
             enc = batcher.encode(r)["enc"][field]  # the renderer's own record of sinks and spans
             if model.cfg.use_sink:
                 anchors = dict(zip(enc.sink_behavior, enc.sink_positions))
@@ -366,8 +325,8 @@ def test_separator_anchor_is_first_separator_after_behavior() -> None:
 
 
 def test_artifacts_round_trip_and_refuse_unknown_schema(tmp_path: Path) -> None:
-    model, batcher = build("scratch:bert-tiny", inter_sink=True)
-    analysis, _, _ = analyse(model, batcher, ROWS, full_map_samples=[0, 2])
+    model, batcher = build_tiny("scratch:bert-tiny", inter_sink=True)
+    analysis, _, _ = analyse(model, batcher, TINY_ROWS, full_map_samples=[0, 2])
     tables = analysis.tables()
     mats = analysis.matrices(2)
     record = make_manifest(

@@ -19,10 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from builders import TINY_ROWS, build_tiny
 
-from ctrsink.backbones import load_backbone
-from ctrsink.config import PROMPT_PRESETS, Config
-from ctrsink.run import assemble
 from ctrsink.text import ROLE_ID
 from sinkviz.attribution import (
     COLUMNS,
@@ -49,58 +47,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-TITLES = ["Toy Story", "Jumanji", "Heat", "Casino", "Sabrina", "GoldenEye", "Balto", "Nixon", "Seven", "Babe"]
-CATS = ["Animation|Comedy", "Adventure", "Crime|Thriller", "Drama", "Romance"] * 2
-T0, DAY = 1_000_000_000, 86400
-
-
-def items() -> pd.DataFrame:
-    n = len(TITLES)
-    return pd.DataFrame(
-        {
-            "item_idx": np.arange(n),
-            "item_id": [f"m{i}" for i in range(n)],
-            "title": TITLES,
-            "categories": CATS,
-            "text": TITLES,
-        }
-    )
-
-
-def row(sample_id: int, pos: list[int], neg: list[int], target: int = 0, label: int = 1) -> dict:
-    out = {"sample_id": sample_id, "user_id": f"u{sample_id}", "item_idx": target, "timestamp": T0}
-    out.update(label=label, feedback=float(label))
-    for name, hist, lab in (("pos", pos, 1), ("neg", neg, 0)):
-        out[f"{name}_item_idx"] = list(hist)
-        out[f"{name}_timestamp"] = [T0 - (len(hist) - i) * DAY for i in range(len(hist))]
-        out[f"{name}_label"] = [lab] * len(hist)
-    return out
-
-
-# padding in every field, a one-behavior history (no sink) and an empty one
-ROWS = [row(0, [3, 0, 7, 9, 5], [2, 4, 8], 1, 1), row(1, [1, 2], [], 6, 0), row(2, [8, 9, 0, 1], [3], 4, 1)]
-
-
-def build(backbone: str = "scratch:bert-tiny", **overrides):
-    values = dict(
-        backbone=backbone,
-        scratch_hidden=32,
-        scratch_layers=2,
-        scratch_heads=4,
-        scratch_kv_heads=2,
-        scratch_vocab_size=300,
-        seed=0,
-        use_sink=True,
-    )
-    values.update(overrides)
-    cfg = Config(**values).validate()
-    texts = TITLES + CATS + list(PROMPT_PRESETS["en"].values()) + [";"]
-    bb, tok, _ = load_backbone(cfg, texts)
-    model, batcher, _ = assemble(cfg, bb, tok, items(), ["pos", "neg"])
-    torch.manual_seed(1)
-    return model.eval(), batcher
-
-
 CONFIGS = {
     "bert+signal+inter_sink": ("scratch:bert-tiny", {"sink_signal": "time_gap", "inter_sink": True}),
     "bert, no sink": ("scratch:bert-tiny", {"use_sink": False}),
@@ -114,8 +60,8 @@ CONFIGS = {
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_side_by_side_forward_equals_the_model(name: str) -> None:
     backbone, overrides = CONFIGS[name]
-    model, batcher = build(backbone, **overrides)
-    batch = batcher(ROWS)
+    model, batcher = build_tiny(backbone, **overrides)
+    batch = batcher(TINY_ROWS)
     flat = flatten_fields(batch["fields"], model.fields)
     forward = FieldsLogit(model)
     with torch.no_grad():
@@ -152,8 +98,8 @@ def baseline_fields(model, batch, pad_id: int, drop_signal: bool) -> dict:
 )
 def test_integrated_gradients_completeness_within_delta(name: str, layer: str) -> None:
     backbone, overrides = CONFIGS[name]
-    model, batcher = build(backbone, **overrides)
-    batch = batcher(ROWS)
+    model, batcher = build_tiny(backbone, **overrides)
+    batch = batcher(TINY_ROWS)
     # scratch Qwen's pad row is all zeros (padding_idx): RMSNorm is stiff there, so take another baseline token
     base_token = batcher.pad_id if not model.causal else int(batcher.renderer.tok.convert_tokens_to_ids(";"))
     res = integrated_gradients(
@@ -178,15 +124,15 @@ def test_integrated_gradients_completeness_within_delta(name: str, layer: str) -
 
 
 def test_zero_pad_row_on_a_decoder_is_warned(caplog: pytest.LogCaptureFixture) -> None:
-    model, batcher = build("scratch:qwen2-tiny")
+    model, batcher = build_tiny("scratch:qwen2-tiny")
     with caplog.at_level(logging.WARNING, logger="sinkviz.attribution"):
-        integrated_gradients(model, batcher(ROWS[:1])["fields"], batcher.pad_id, n_steps=4)
+        integrated_gradients(model, batcher(TINY_ROWS[:1])["fields"], batcher.pad_id, n_steps=4)
     assert "all-zero embedding" in caplog.text
 
 
 def test_behavior_sums_equal_token_sums_and_rows_per_behavior() -> None:
-    model, batcher = build("scratch:bert-tiny", sink_signal="time_gap", inter_sink=True)
-    result = attribute_rows(model, batcher, ROWS, n_steps=16, batch_size=2, internal_batch_size=16)
+    model, batcher = build_tiny("scratch:bert-tiny", sink_signal="time_gap", inter_sink=True)
+    result = attribute_rows(model, batcher, TINY_ROWS, n_steps=16, batch_size=2, internal_batch_size=16)
     beh, tok = result.behaviors, result.tokens
     assert list(beh.columns) == list(COLUMNS)
     lig = beh[beh["method"] == "integrated_gradients"]
@@ -201,7 +147,7 @@ def test_behavior_sums_equal_token_sums_and_rows_per_behavior() -> None:
     ref = lig.groupby("sample_id")[["logit", "reference_logit"]].first()
     np.testing.assert_allclose(per["total"], ref["logit"] - ref["reference_logit"] + per["delta"], atol=1e-5)
     assert lig.groupby("sample_id")["delta"].nunique().eq(1).all()
-    for r in ROWS:
+    for r in TINY_ROWS:
         enc = batcher.encode(r)["enc"]
         for f in ("pos", "neg"):
             k = len(enc[f].behavior_spans)
@@ -223,12 +169,12 @@ def test_behavior_sums_equal_token_sums_and_rows_per_behavior() -> None:
 
 
 def test_occlusion_removes_the_behavior_through_the_mask() -> None:
-    model, batcher = build("scratch:bert-tiny")
-    result = attribute_rows(model, batcher, ROWS[:1], n_steps=4)
+    model, batcher = build_tiny("scratch:bert-tiny")
+    result = attribute_rows(model, batcher, TINY_ROWS[:1], n_steps=4)
     occ = result.behaviors.query("method == 'occlusion' and field == 'pos' and behavior == 1")
-    batch = batcher(ROWS[:1])
+    batch = batcher(TINY_ROWS[:1])
     t = batch["fields"]["pos"]
-    enc = batcher.encode(ROWS[0])["enc"]["pos"]
+    enc = batcher.encode(TINY_ROWS[0])["enc"]["pos"]
     start, end = enc.behavior_spans[1]
     drop = list(range(start, enc.behavior_spans[2][0]))  # behavior 1, its sink and its separator
     t["attention_mask"][0, drop] = 0
@@ -242,8 +188,8 @@ def test_occlusion_removes_the_behavior_through_the_mask() -> None:
 def test_planted_behavior_ranks_first_for_both_methods() -> None:
     """Logit = w . mean of the pos field's embedding rows (no layers): additive in tokens. Tokens unique to pos
     behavior 2 get a row whose normalised embedding is w: both methods must rank behavior 2 first, positive."""
-    model, batcher = build("scratch:bert-tiny")
-    sample = ROWS[0]
+    model, batcher = build_tiny("scratch:bert-tiny")
+    sample = TINY_ROWS[0]
     enc = batcher.encode(sample)["enc"]["pos"]
     start, end = enc.behavior_spans[2]
     elsewhere = set(enc.input_ids[:start]) | set(enc.input_ids[end:])

@@ -12,12 +12,7 @@ from sinkviz.views import mass_by_layer, role_mass_figure
 ROLES = ["sink", "separator", "behavior", "prompt", "target", "special"]
 
 st.title("Attention mass")
-f = ui.found()
-analyses = ui.load_analyses(f)
-if not analyses:
-    if not f.analyses:
-        ui.no_analysis()
-    st.stop()
+_, analyses = ui.require_analyses()
 
 labels = ui.analysis_labels(analyses)
 chosen = st.multiselect(

@@ -14,12 +14,7 @@ import ui
 from sinkviz.views import MAX_TOKENS, analysis_view, attribution_bar, sample_maps, sample_tokens, view_html
 
 st.title("Sample explorer")
-f = ui.found()
-analyses = ui.load_analyses(f)
-if not analyses:
-    if not f.analyses:
-        ui.no_analysis()
-    st.stop()
+_, analyses = ui.require_analyses()
 
 
 def sigmoid(x: float) -> float:

@@ -12,12 +12,7 @@ import ui
 from sinkviz.views import inter_sink_frame, inter_sink_heatmap, join_tokens
 
 st.title("Inter-sink dependencies")
-f = ui.found()
-analyses = ui.load_analyses(f)
-if not analyses:
-    if not f.analyses:
-        ui.no_analysis()
-    st.stop()
+_, analyses = ui.require_analyses()
 
 labels = ui.analysis_labels(analyses)
 default = ui.default_pair(analyses)[-1]
