@@ -10,7 +10,7 @@ DATA=${CTRSINK_DATA_DIR:-../shared/data}
 THREADS=${THREADS:-1}
 R=runs/results
 ALL=baseline,sink,sink+signal,sink+signal+two_stage,full,cls_token,random_signal
-QWEN_VARIANTS=${QWEN_VARIANTS:-$ALL,signal:index,signal:similarity}
+QWEN_VARIANTS=${QWEN_VARIANTS:-baseline,sink,sink+signal,sink+signal+two_stage,full,random_signal,signal:index,signal:similarity}  # no cls_token: decoders have no [CLS]
 ML1M_VARIANTS=${ML1M_VARIANTS:-$ALL}
 mkdir -p $R
 [ -f runs/data/mls/manifest.json ] || ctrsink prepare --source movielens --path "$DATA/movielens/ml-latest-small" --out runs/data/mls
