@@ -55,6 +55,25 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    from ctrsink.config import load_config
+    from ctrsink.pretrain import pretrain
+
+    cfg = load_config(args.config, args.set)
+    record = pretrain(args.data, cfg, args.out, overwrite=args.overwrite)
+    print(
+        json.dumps(
+            {
+                "encoder": str(args.out),
+                "sequences": record["sequences"],
+                "train_samples_used": record["train_samples_used"],
+                "last_epoch": record["losses"][-1],
+            },
+            indent=1,
+        )
+    )
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from ctrsink.predict import evaluate
 
@@ -141,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=_train)
+
+    s = sub.add_parser(
+        "pretrain",
+        help="pre-train the SRP4CTR-lite encoder on the training split (use with srp4ctr.encoder=DIR)",
+    )
+    s.add_argument("--data", required=True)
+    s.add_argument("--config")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=_pretrain)
 
     s = sub.add_parser("ablate", help="train variants x seeds on the same data; tidy table + summary")
     s.add_argument("--data", required=True)

@@ -140,7 +140,7 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
                 f"{out_dir} holds an unfinished run with a different config ({', '.join(diff)}); "
                 "use the same options to resume or --overwrite to start again"
             )
-    elif out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+    elif out_dir.exists() and any(out_dir.iterdir()) and not overwrite and not _started_only(out_dir, cfg):
         raise CtrSinkError(f"output directory {out_dir} is not empty; pass --overwrite to replace it")
     set_seed(cfg.seed)
 
@@ -175,7 +175,11 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
         load_model(model, str(last_dir / CHECKPOINT), strict=True)
     # only now, with data and model loaded without error, is the run directory touched
     if main and not resuming and out_dir.exists():
-        shutil.rmtree(out_dir)
+        for (
+            child
+        ) in out_dir.iterdir():  # a pre-trained encoder is kept: ensure_encoder reuses it if it matches
+            if child.name != "encoder":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     accelerator.wait_for_everyone()
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -352,6 +356,16 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
         atomic_write_json(out_dir / "final_metrics.json", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _started_only(out_dir: Path, cfg: Config) -> bool:
+    """A run with this config that stopped before its first epoch ended (e.g. while pre-training an encoder)."""
+    saved = out_dir / "config.yaml"
+    return (
+        saved.is_file()
+        and not (out_dir / "checkpoint").exists()
+        and load_config(saved).to_dict() == cfg.to_dict()
+    )
 
 
 def _item_vectors(cfg: Config, items: pd.DataFrame, cached: Path | None) -> np.ndarray | None:
