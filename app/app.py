@@ -22,6 +22,7 @@ PAGES = [
     ("views/inter_sink.py", "Inter-sink dependencies", ":material/grid_on:"),
     ("views/ablations.py", "Ablations", ":material/science:"),
     ("views/explorer.py", "Sample explorer", ":material/person_search:"),
+    ("views/id_rows.py", "Comparison rows (-lite)", ":material/compare_arrows:"),
 ]
 
 st.set_page_config(page_title="CTR-Sink dashboard", page_icon=":material/insights:", layout="wide")

@@ -47,7 +47,7 @@ def stamps(folder: str | Path, names: tuple[str, ...]) -> tuple[Stamp, ...]:
 
 @dataclass(frozen=True)
 class Artifact:
-    kind: str  # run | ablation | analysis | data | attributions
+    kind: str  # run | ablation | analysis | id_rows | data | attributions
     path: Path
     name: str  # path relative to the root
     group: str | None = None  # the ablation a run belongs to
@@ -62,6 +62,7 @@ class Found:
     analyses: list[Artifact] = field(default_factory=list)
     data: list[Artifact] = field(default_factory=list)
     attributions: list[Artifact] = field(default_factory=list)
+    id_rows: list[Artifact] = field(default_factory=list)  # ID-row analyses (sinkviz.idrows), not `analyses`
     exists: bool = True
 
     def standalone_runs(self) -> list[Artifact]:
@@ -76,7 +77,7 @@ class Found:
 
 
 def _manifest_kind(folder: Path) -> tuple[str | None, str | None]:
-    """-> (kind, error) of a folder with a manifest.json: analysis, data, or None (not ours)."""
+    """-> (kind, error) of a folder with a manifest.json: analysis, id_rows, data, or None (not ours)."""
     try:
         record = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
@@ -85,6 +86,8 @@ def _manifest_kind(folder: Path) -> tuple[str | None, str | None]:
         return "analysis", "manifest.json does not hold a JSON object"
     if str(record.get("kind", "")).startswith("sinkviz"):
         return "analysis", None
+    if record.get("kind") == "id_rows":
+        return "id_rows", None
     if "history_fields" in record and (folder / "items.parquet").exists():
         return "data", None
     return None, None
@@ -120,6 +123,9 @@ def find_artifacts(root: str | Path) -> Found:
             kind, error = _manifest_kind(here)
             if kind == "analysis":
                 found.analyses.append(Artifact("analysis", here, rel, error=error))
+                dirs[:] = []
+            elif kind == "id_rows":
+                found.id_rows.append(Artifact("id_rows", here, rel))
                 dirs[:] = []
             elif kind == "data":
                 found.data.append(Artifact("data", here, rel))
@@ -187,6 +193,22 @@ def _analysis(path: str, key: tuple[Stamp, ...]):
 def load_analysis(path: str | Path):
     """The sinkviz `Analysis` of a folder (shared, read-only: pages must not modify it)."""
     return _analysis(str(path), stamps(path, ANALYSIS_FILES))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _id_analysis(path: str, key: tuple[Stamp, ...]):
+    from sinkviz import load_id_analysis
+
+    return load_id_analysis(path)
+
+
+def load_id_analysis(path: str | Path):
+    """The sinkviz `IDAnalysis` of an ID-row analysis folder (shared, read-only); keyed on its manifest and tables."""
+    from sinkviz.artifacts import ID_TABLE_COLUMNS
+
+    return _id_analysis(
+        str(path), stamps(path, ("manifest.json",) + tuple(f"{t}.parquet" for t in ID_TABLE_COLUMNS))
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -4,6 +4,7 @@ ANALYSIS_DIR/manifest.json              what was analysed (run, data, family, la
 ANALYSIS_DIR/<table>.parquet            role_mass, entropy, sink_metric, behavior_map, inter_sink, tokens, predictions
 ANALYSIS_DIR/matrices.safetensors       `{inter_sink|behavior_map|affinity}/{field}/{sum|count}`
 ANALYSIS_DIR/full_maps.safetensors      `{sample_id}/{field}/{layer}` -> (H, T, T) for the chosen samples
+ID-row analyses (kind "id_rows", `sinkviz.idrows`): manifest.json and the Parquet tables of `ID_TABLE_COLUMNS`.
 
 Tables and key names are a public contract: `SCHEMA_VERSION` moves when they change. Reading uses only Parquet,
 JSON and safetensors, none of which can run code (no pickle anywhere).
@@ -58,6 +59,47 @@ MANIFEST_KEYS = (
 )
 
 
+# ID-row analyses (`sinkviz.idrows`) have their own kind and version: CTR-Sink pages never mistake one for theirs
+ID_KIND = "id_rows"
+ID_SCHEMA_VERSION = 1
+ID_TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "predictions": ("sample_id", "user_id", "candidate", "item_idx", "category", "label", "logit"),
+    "distributions": (
+        "sample_id",
+        "candidate",
+        "module",
+        "layer",
+        "n_keys",
+        "cat_status",
+        "entropy",
+        "entropy_norm",
+        "keys90",
+        "top3_same_cat",
+        "same_cat_share",
+        "boundary_mass",
+        "boundary_expected",
+        "outside_mass",
+        "negative_mass",
+    ),
+    "conditioning": ("sample_id", "module", "layer", "js", "same_category"),
+    "gap_mass": ("module", "layer", "candidate", "bucket", "gap_hours", "mass", "uniform", "tokens", "rows"),
+    "chunk_mass": ("layer", "candidate", "chunk_distance", "mass", "token_share", "rows"),
+    "gates": ("sample_id", "candidate", "layer", "branch", "cat_status", "n_keys", "gate", "share"),
+    "lambdas": ("param", "layer", "head", "component", "value"),
+}
+ID_MANIFEST_KEYS = (
+    "kind",
+    "schema_version",
+    "created",
+    "model",
+    "run_dir",
+    "data_dir",
+    "split",
+    "samples",
+    "seed",
+)
+
+
 class AnalysisError(CtrSinkError):
     """An analysis folder that this version of sinkviz cannot read."""
 
@@ -90,8 +132,13 @@ def make_manifest(**values: Any) -> dict[str, Any]:
     return out
 
 
-def _check_columns(name: str, frame: pd.DataFrame, path: Path | None = None) -> None:
-    missing = [c for c in TABLE_COLUMNS[name] if c not in frame.columns]
+def _check_columns(
+    name: str,
+    frame: pd.DataFrame,
+    path: Path | None = None,
+    schema: Mapping[str, tuple[str, ...]] = TABLE_COLUMNS,
+) -> None:
+    missing = [c for c in schema[name] if c not in frame.columns]
     if missing:
         where = f"{path}: " if path else ""
         raise AnalysisError(f"{where}table {name!r} lacks column(s) {', '.join(missing)}")

@@ -9,7 +9,20 @@ import sys
 
 def _capture(args: argparse.Namespace) -> None:
     from sinkviz.capture import capture_run
+    from sinkviz.idrows import capture_id_run, run_model_name
 
+    if run_model_name(args.run) not in (None, "ctrsink"):  # an ID row (DIN, SparseCTR-lite, SRP4CTR-lite)
+        out = capture_id_run(
+            args.run,
+            args.out,
+            args.split,
+            args.samples,
+            args.seed,
+            data_dir=args.data,
+            batch_size=args.batch_size,
+        )
+        print(f"wrote ID-row analysis to {out}")
+        return
     out = capture_run(
         args.run,
         args.data,
@@ -18,6 +31,7 @@ def _capture(args: argparse.Namespace) -> None:
         args.out,
         batch_size=args.batch_size,
         full_maps=args.full_maps,
+        seed=args.seed,
     )
     print(f"wrote analysis to {out}")
 
@@ -85,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sinkviz", description="attention capture and sink analyses for ctrsink runs"
     )
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("capture", help="capture attention over a split and write analysis artifacts")
+    s = sub.add_parser(
+        "capture",
+        help="capture attention over a split and write analysis artifacts (ID-row runs: the ID-row analyses)",
+    )
     s.add_argument("--run", required=True)
     s.add_argument("--data", help="sample directory (default: the one the run was trained on)")
     s.add_argument("--split", default="test")
@@ -97,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=4,
         dest="full_maps",
-        help="samples whose full token-level maps are kept",
+        help="samples whose full token-level maps are kept (CTR-Sink runs)",
+    )
+    s.add_argument(
+        "--seed", type=int, default=0, help="sample choice seed (ID runs: also the other candidate)"
     )
     s.set_defaults(fn=_capture)
 

@@ -211,3 +211,47 @@ def capture(
             h.remove()
         if target.hf_model.config._attn_implementation != previous and previous is not None:
             target.hf_model.set_attn_implementation(previous)
+
+
+# ------------------------------------------------------------------------------------------------ ID rows
+
+
+@contextlib.contextmanager
+def capture_points(
+    model: nn.Module,
+    names_filter: NamesFilter = None,
+    callback: Callable[[str, torch.Tensor], None] | None = None,
+) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Capture the tensors passing the named `HookPoint`s of an ID row (`model.hook_points()`) in the block.
+
+    Each forward through a hook point calls `callback(name, tensor)` (tensor detached); without a callback the
+    yielded {name: [tensor per call]} collects them. `names_filter` as in `capture`. The ID rows compute their
+    weights explicitly, so unlike `capture` nothing about the model has to be switched.
+    """
+    points = getattr(model, "hook_points", None)
+    if not callable(points):
+        raise ValueError(f"{type(model).__name__} has no hook_points(); capture_points needs an ID row")
+    named = points()
+    keep = _name_predicate(names_filter, sorted(named) or ["(none)"])
+    cache: dict[str, list[torch.Tensor]] = {}
+
+    def collect(name: str, tensor: torch.Tensor) -> None:
+        cache.setdefault(name, []).append(tensor)
+
+    deliver = callback if callback is not None else collect
+    handles = []
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            deliver(name, output.detach())
+
+        return hook
+
+    try:
+        for name, module in named.items():
+            if keep(name):
+                handles.append(module.register_forward_hook(make_hook(name)))
+        yield cache
+    finally:
+        for h in handles:
+            h.remove()
