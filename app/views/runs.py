@@ -43,7 +43,11 @@ def overview_row(name: str, rec: discover.RunRecord) -> dict:
         "ablation": groups.get(name) or "",
         "status": "finished" if rec.final else f"training ({len(rec.metrics)} metric rows)",
         "data": str(rec.info.get("data_dir", "")),
-        "backbone": rec.config.get("backbone"),
+        # din / sparsectr_lite / srp4ctr_lite are ID rows: no text backbone
+        "model": rec.config.get("model", "ctrsink"),
+        "backbone": rec.config.get("backbone") if rec.config.get("model", "ctrsink") == "ctrsink" else "—",
+        "parameters": (rec.info.get("cost") or {}).get("parameters", rec.info.get("parameters")),
+        "MFLOPs/sample": ((rec.info.get("cost") or {}).get("flops_per_sample_b1") or float("nan")) / 1e6,
         **{k: rec.config.get(k) for k in SINK_KEYS},
         "seed": rec.config.get("seed"),
         "best epoch": (rec.final or {}).get("best_epoch"),
