@@ -164,14 +164,17 @@ COST_COLUMNS = [
 
 
 def run_cost(run: Path) -> dict[str, Any]:
-    """A run's cost record (run.json); runs trained before costs were recorded get it computed once, cached."""
+    """A run's cost record (run.json); runs recorded by an older counter get it computed once, cached in cost.json."""
+    from ctrsink.cost import COST_VERSION, model_cost
+
     info = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    if "cost" in info:
+    if info.get("cost", {}).get("version") == COST_VERSION:
         return info["cost"]
     cached = run / "cost.json"
     if cached.is_file():
-        return json.loads(cached.read_text(encoding="utf-8"))
-    from ctrsink.cost import model_cost
+        cost = json.loads(cached.read_text(encoding="utf-8"))
+        if cost.get("version") == COST_VERSION:
+            return cost
     from ctrsink.data import load_sample_set
     from ctrsink.run import load_run
 

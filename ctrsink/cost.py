@@ -16,16 +16,27 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 REQUEST_SIZE = 100
+COST_VERSION = 2  # 2: attention matmuls counted under eager attention (the CPU sdpa kernel is not counted)
 
 
 def count_flops(model: torch.nn.Module, batch: dict[str, Any]) -> int:
-    """FLOPs of one eval-mode forward of a collated batch."""
+    """FLOPs of one eval-mode forward of a collated batch.
+
+    A text backbone is switched to eager attention while counting: FlopCounterMode has no formula for the CPU
+    sdpa kernel and would leave out QK^T and AV (both paths compute the same logits).
+    """
     was_training = model.training
+    hf = getattr(getattr(model, "backbone", None), "model", None)
+    previous = getattr(getattr(hf, "config", None), "_attn_implementation", None)
     model.eval()
     try:
+        if previous not in (None, "eager"):
+            hf.set_attn_implementation("eager")
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(batch["fields"], pooling="all_tokens")
     finally:
+        if previous not in (None, "eager"):
+            hf.set_attn_implementation(previous)
         model.train(was_training)
     return int(counter.get_total_flops())
 
@@ -57,7 +68,8 @@ def model_cost(model: torch.nn.Module, batcher: Any, frame: pd.DataFrame) -> dic
         "flops_per_sample_b100": b100,
         "folded": folds,
         "history_behaviors": history,
-        "method": "torch FlopCounterMode, 2 FLOPs per multiply-add, longest valid history",
+        "method": "torch FlopCounterMode (eager attention), 2 FLOPs per multiply-add, longest valid history",
+        "version": COST_VERSION,
     }
     # the row's own count, e.g. what a sparse kernel would compute
     if hasattr(model, "analytic_flops") and history:

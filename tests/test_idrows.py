@@ -133,3 +133,18 @@ def test_one_ablation_table_holds_text_and_id_rows(data: Path, tmp_path: Path) -
     assert costs.set_index("variant")["model"].to_dict() == {"baseline": "ctrsink", "din": "din"}
     summary = (tmp_path / "abl" / "summary.md").read_text()
     assert "| din | 1 |" in summary and "MFLOPs/sample" in summary
+
+
+def test_text_flops_count_attention_and_keep_the_fast_path() -> None:
+    from builders import TINY_ROWS, build_tiny
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, batcher = build_tiny()
+    batch = batcher(TINY_ROWS)
+    hf = model.backbone.model
+    assert hf.config._attn_implementation == "sdpa"
+    with torch.no_grad(), FlopCounterMode(display=False) as plain:
+        model(batch["fields"])
+    counted = count_flops(model, batch)
+    assert counted > plain.get_total_flops()  # QK^T and AV are in; the CPU sdpa kernel alone has no formula
+    assert hf.config._attn_implementation == "sdpa"
