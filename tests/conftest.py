@@ -14,6 +14,27 @@ DATA_ENV = "CTRSINK_DATA_DIR"
 
 
 @pytest.fixture(scope="session")
+def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample log prepared once per test session; tests read it and write their outputs elsewhere."""
+    from ctrsink.data import prepare
+
+    out = tmp_path_factory.mktemp("sample") / "data"
+    prepare("csv", REPO / "sample_data" / "synthetic", out)
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: a second intra-op thread only fights the machine's other jobs (many times slower under load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real datasets folder ($CTRSINK_DATA_DIR, default <repo>/../shared/data); skips when absent."""
     folder = Path(os.environ.get(DATA_ENV, REPO.parent / "shared" / "data"))

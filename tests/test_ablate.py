@@ -9,7 +9,6 @@ import pytest
 
 from ctrsink.ablate import TABLE_COLUMNS, VARIANTS, ablate, run_dir_name, summarize, variant_config
 from ctrsink.config import load_config
-from ctrsink.data import prepare
 from ctrsink.errors import CtrSinkError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,10 +25,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("abl") / "data"
-    prepare("csv", REPO / "sample_data" / "synthetic", out)
-    return out
+def data(sample_data_dir: Path) -> Path:
+    return sample_data_dir
 
 
 def test_variants_switch_only_sink_components() -> None:

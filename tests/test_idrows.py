@@ -13,7 +13,7 @@ import torch
 from ctrsink.ablate import ablate, variant_config
 from ctrsink.config import Config, load_config
 from ctrsink.cost import count_flops
-from ctrsink.data import load_sample_set, prepare
+from ctrsink.data import load_sample_set
 from ctrsink.errors import CtrSinkError
 from ctrsink.idview import IDBatcher, hour_and_weekday
 from ctrsink.predict import predict
@@ -33,10 +33,8 @@ TINY_DIN = [
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ids") / "data"
-    prepare("csv", REPO / "sample_data" / "synthetic", out)
-    return out
+def data(sample_data_dir: Path) -> Path:
+    return sample_data_dir
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 from ctrsink.config import Config, load_config
 from ctrsink.cost import count_flops
-from ctrsink.data import load_sample_set, prepare
+from ctrsink.data import load_sample_set
 from ctrsink.idmodels.common import IDVocab
 from ctrsink.idmodels.sparsectr import SparseCTRLite, chunk_ids, time_bucket
 from ctrsink.idview import HORIZON_DAYS, TAU_HOURS, IDBatcher, hour_and_weekday
@@ -30,13 +30,7 @@ TINY = [
 T0 = 1_700_000_000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: a second intra-op thread only fights the machine's other jobs (60x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(*overrides: str) -> Config:
@@ -286,10 +280,8 @@ def test_hook_names_and_analytic_flops() -> None:
 
 
 @pytest.fixture(scope="module")
-def real_batches(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, IDBatcher, list[dict]]:
-    data = tmp_path_factory.mktemp("sparsectr") / "data"
-    prepare("csv", REPO / "sample_data" / "synthetic", data)
-    splits, items, manifest = load_sample_set(data)
+def real_batches(sample_data_dir: Path) -> tuple[Config, IDBatcher, list[dict]]:
+    splits, items, manifest = load_sample_set(sample_data_dir)
     cfg = tiny_cfg("num_behaviors=5")
     batcher = IDBatcher(items.to_pandas(), cfg, manifest["history_fields"])
     rows = splits["train"].slice(0, 128).to_pylist()

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import ctrsink.pretrain as pretrain_mod
 from ctrsink.config import Config, config_from_dict
 from ctrsink.cost import count_flops
-from ctrsink.data import load_sample_set, prepare
+from ctrsink.data import load_sample_set
 from ctrsink.errors import CtrSinkError
 from ctrsink.idmodels.common import IDVocab
 from ctrsink.idmodels.srp4ctr import ENCODER_KEYS, SRP4CTRLite, SRPEncoder
@@ -33,13 +33,7 @@ TINY: dict[str, Any] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: a second intra-op thread only fights the machine's other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(**sections: dict[str, Any]) -> Config:
@@ -54,10 +48,8 @@ def make_model(cfg: Config, vocab: IDVocab, seed: int = 0) -> SRP4CTRLite:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("srp4ctr") / "data"
-    prepare("csv", REPO / "sample_data" / "synthetic", out)
-    return out
+def data(sample_data_dir: Path) -> Path:
+    return sample_data_dir
 
 
 @pytest.fixture(scope="module")
