@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from timing import time_train_and_infer
 
 from ctrsink.ablate import variant_config
 from ctrsink.config import load_config
@@ -91,27 +92,8 @@ def measure(args: argparse.Namespace) -> dict:
         tokens, dropped = text_tokens(batcher, rows[:bs])
         out.update(tokens_per_field=tokens, behaviors_dropped=dropped, over_limit=dropped > 0)
     batches = [batcher(rows[i * bs : (i + 1) * bs]) for i in range(args.batches)]
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    pooling = cfg.stage_of_epoch(0)
-    model.train()
-    model(batches[0]["fields"], pooling=pooling).sum().backward()  # warm-up, not timed
-    opt.zero_grad()
-    start = time.perf_counter()
-    for b in batches:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            model(b["fields"], pooling=pooling), b["labels"]
-        )
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    out["train_samples_per_s"] = bs * args.batches / (time.perf_counter() - start)
-    model.eval()
+    out.update(time_train_and_infer(model, batches, cfg.stage_of_epoch(0)))  # leaves the model in eval mode
     with torch.no_grad():
-        start = time.perf_counter()
-        for b in batches:
-            model(b["fields"])
-        out["infer_samples_per_s"] = bs * args.batches / (time.perf_counter() - start)
         request = batcher(request_rows(frame, len(items)))
         model(request["fields"])  # warm-up
         start = time.perf_counter()

@@ -15,10 +15,10 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from timing import time_train_and_infer
 
 from ctrsink.ablate import VARIANTS, variant_config
 from ctrsink.backbones import load_backbone
@@ -42,28 +42,7 @@ def measure(cfg, frames, items, fields, n_batches: int, attn: str) -> dict[str, 
     rows = frames.to_dict("records")
     bs = cfg.batch_size
     batches = [batcher(rows[i * bs : (i + 1) * bs]) for i in range(n_batches)]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    pooling = cfg.stage_of_epoch(0)
-    model.train()
-    model(batches[0]["fields"], pooling=pooling).sum().backward()  # warm-up step, not timed
-    opt.zero_grad()
-    start = time.perf_counter()
-    for b in batches:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            model(b["fields"], pooling=pooling), b["labels"]
-        )
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    train_s = time.perf_counter() - start
-    model.eval()
-    with torch.no_grad():
-        start = time.perf_counter()
-        for b in batches:
-            model(b["fields"])
-        infer_s = time.perf_counter() - start
-    n = bs * n_batches
-    return {"train_samples_per_s": n / train_s, "infer_samples_per_s": n / infer_s, "peak_rss_mb": _rss_mb()}
+    return {**time_train_and_infer(model, batches, cfg.stage_of_epoch(0)), "peak_rss_mb": _rss_mb()}
 
 
 def _child(args: argparse.Namespace) -> None:

@@ -11,10 +11,13 @@ Run `python tests/app_fixture.py OUT` to build one by hand and point the dashboa
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 import threading
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_LOG = REPO / "sample_data" / "synthetic"
@@ -90,6 +93,20 @@ def session_root(base: Path) -> Path:
     """The session's fixture root under pytest's base temp folder (built on first use)."""
     with _lock:
         return build(base / "app_root")
+
+
+def decoded(value):
+    """Plotly's typed arrays ({dtype, bdata, shape}) back to lists, recursively."""
+    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if "shape" in value:
+            array = array.reshape([int(n) for n in str(value["shape"]).split(",")])
+        return array.tolist()
+    if isinstance(value, dict):
+        return {k: decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decoded(v) for v in value]
+    return value
 
 
 if __name__ == "__main__":

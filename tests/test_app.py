@@ -7,7 +7,6 @@ the ablation toggles start a real background `ctrsink ablate` whose results the 
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from app_fixture import ABLATION_SEEDS, session_root
+from app_fixture import ABLATION_SEEDS, decoded, session_root
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,20 +52,6 @@ def open_page(root: Path, page: str, prepare=None) -> AppTest:
     at.switch_page(PAGES[page]).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def decoded(value):
-    """Plotly's typed arrays ({dtype, bdata, shape}) back to lists, recursively."""
-    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
-        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        if "shape" in value:
-            array = array.reshape([int(n) for n in str(value["shape"]).split(",")])
-        return array.tolist()
-    if isinstance(value, dict):
-        return {k: decoded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decoded(v) for v in value]
-    return value
 
 
 def figures(at: AppTest) -> list[dict]:

@@ -9,7 +9,6 @@ SparseCTR-lite and SRP4CTR-lite tests skip while their modules are missing.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import shutil
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from app_fixture import decoded
 
 from ctrsink.config import load_config
 from ctrsink.data import load_sample_set, prepare
@@ -428,20 +428,6 @@ def open_page(root: Path):
     at.switch_page("views/id_rows.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def decoded(value):
-    """Plotly's typed arrays ({dtype, bdata, shape}) back to lists, recursively."""
-    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
-        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        if "shape" in value:
-            array = array.reshape([int(n) for n in str(value["shape"]).split(",")])
-        return array.tolist()
-    if isinstance(value, dict):
-        return {k: decoded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decoded(v) for v in value]
-    return value
 
 
 def figures(at) -> dict[str, dict]:
