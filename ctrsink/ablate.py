@@ -163,11 +163,11 @@ COST_COLUMNS = [
 ]
 
 
-def run_cost(run: Path) -> dict[str, Any]:
-    """A run's cost record (run.json); runs recorded by an older counter get it computed once, cached in cost.json."""
+def run_cost(run: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """A run's cost record (`info` = its run.json); runs recorded by an older counter get it computed once, cached
+    in cost.json."""
     from ctrsink.cost import COST_VERSION, model_cost
 
-    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
     if info.get("cost", {}).get("version") == COST_VERSION:
         return info["cost"]
     cached = run / "cost.json"
@@ -191,8 +191,8 @@ def collect_costs(out: Path, variants: list[str], seeds: list[int]) -> pd.DataFr
     for variant in variants:
         for seed in seeds:
             run = out / "runs" / run_dir_name(variant, seed)
-            cost = run_cost(run)
             info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+            cost = run_cost(run, info)
             epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             seconds = [
                 r["train_seconds"] for r in epochs if r.get("split") == "valid" and r.get("train_seconds")

@@ -55,11 +55,12 @@ def model_cost(model: torch.nn.Module, batcher: Any, frame: pd.DataFrame) -> dic
         int(getattr(getattr(batcher, "vocab", None), "items", 0) - 1) or int(frame["item_idx"].max()) + 1
     )
     rows = request_rows(frame, n_items)
-    b1 = count_flops(model, batcher(rows[:1]))
+    single = batcher(rows[:1])
+    b1 = count_flops(model, single)
     folds = bool(getattr(model, "folds", False))
     # a row without folding scores each candidate alone, so its per-sample cost at batch 100 is its batch-1 cost
     b100 = count_flops(model, batcher(rows)) / len(rows) if folds else float(b1)
-    fields = batcher(rows[:1])["fields"]
+    fields = single["fields"]
     history = int(fields["hist_mask"].sum()) if "hist_mask" in fields else None
     out: dict[str, Any] = {
         "parameters": int(sum(p.numel() for p in model.parameters())),
