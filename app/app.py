@@ -1,6 +1,7 @@
-"""CTR-Sink dashboard: `streamlit run app/app.py -- --root runs/demo`.
+"""CTR-Sink dashboard: `streamlit run app/app.py -- --root runs/demo [--read-only]`.
 
-Pages (app/views/) read artifacts through sinkviz's loaders and ctrsink's public scoring API only.
+The root is fixed at start: the pages open only files under it (app/discover.py `confine`), and `--read-only`
+turns the ablation launcher off. Pages (app/views/) read artifacts through sinkviz's loaders and `ctrsink.api`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PAGES = [
     ("views/ablations.py", "Ablations", ":material/science:"),
     ("views/explorer.py", "Sample explorer", ":material/person_search:"),
     ("views/id_rows.py", "Comparison rows (-lite)", ":material/compare_arrows:"),
+    ("views/interventions.py", "Interventions and faithfulness", ":material/content_cut:"),
 ]
 
 st.set_page_config(page_title="CTR-Sink dashboard", page_icon=":material/insights:", layout="wide")
@@ -31,4 +33,5 @@ nav = st.navigation(
     [st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)]
 )
 ui.sidebar()
+ui.refusals()
 nav.run()

@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from scipy import stats
 
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -18,15 +17,13 @@ METRIC_LABELS = {"auc": "AUC", "logloss": "LogLoss", "gauc": "gAUC", "calibratio
 
 
 def interval(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, half-width of a 95% t-interval, n) over seeds; half-width NaN with fewer than two values."""
+    """(mean, half-width of a 95% t-interval over seeds, n); half-width NaN with fewer than two values. The toolkit's
+    one interval function (`ctrsink.api.t_interval`), so the page, the summary table and the paper figure agree."""
+    from ctrsink import api
+
     v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) == 0:
-        return float("nan"), float("nan"), 0
-    if len(v) == 1:
-        return float(v[0]), float("nan"), 1
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return float(v.mean()), float(half), len(v)
+    mean, half = api.t_interval(v)
+    return mean, half, int(np.count_nonzero(~np.isnan(v)))
 
 
 def _errors(half: pd.Series) -> dict:
@@ -193,10 +190,10 @@ def anchor_grid(attention: np.ndarray, tokens: pd.DataFrame, anchor: str, head: 
     """One sample's (H, T, T) map -> (K x K attention among its anchors, the behavior index k of each anchor)."""
     import torch
 
-    from ctrsink.text import ROLE_ID
+    from ctrsink import api
     from sinkviz import anchor_positions
 
-    roles = torch.tensor([[ROLE_ID[r] for r in tokens["role"]]], dtype=torch.long)
+    roles = torch.tensor([[api.ROLE_ID[r] for r in tokens["role"]]], dtype=torch.long)
     behavior = torch.from_numpy(tokens["behavior_index"].to_numpy(dtype=np.int64).copy())[None]
     pos = anchor_positions(roles, behavior, anchor)[0].numpy()
     ks = [int(k) for k in np.flatnonzero(pos >= 0)]

@@ -1,11 +1,13 @@
 """One analysed sample: its row in the sample set, its history as a table, and what-if edits of that history.
 
-The model keeps the most recent `num_behaviors` of each stored history (chronological, oldest first), so kept
-behavior k (the index in analysis and attribution tables) is stored behavior `n - n_kept + k`.
+Kept behavior k (the index in analysis and attribution tables) is the stored behavior the model's batcher put at
+position k: `FieldEncoding.kept`, recorded by `sinkviz capture` in the analysis' `kept` table. With `recent`
+selection that is the most recent behaviors, oldest first; with `similarity` the most similar, most similar first.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import discover
@@ -13,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 HOUR = 3600.0
+Kept = dict[str, list[int]]  # per history field: the stored-history index of kept behavior k
 
 
-def sample_row(manifest: dict[str, Any], sample_id: int) -> dict[str, Any]:
+def sample_row(root: str | Path, manifest: dict[str, Any], sample_id: int) -> dict[str, Any]:
     """The sample's row (a dict in the sample schema) from the data and split the analysis was captured on."""
-    split = discover.load_split(manifest["data_dir"], manifest.get("split", "test"))
+    split = discover.load_split(root, manifest["data_dir"], manifest.get("split", "test"))
     if sample_id not in split.index:
         raise KeyError(
             f"sample {sample_id} is not in the {manifest.get('split')} split of {manifest['data_dir']}"
@@ -41,23 +44,27 @@ def kept_counts(
     return out
 
 
-def history_frame(
-    row: dict[str, Any],
-    fields: list[str],
-    items: pd.DataFrame,
-    num_behaviors: int,
-    kept: dict[str, int] | None = None,
-) -> pd.DataFrame:
+def recent_kept(row: dict[str, Any], fields: list[str], num_behaviors: int, counts: dict[str, int]) -> Kept:
+    """The fallback for analyses without a `kept` table: the most recent behaviors, oldest first (right only for
+    `recent` selection); `counts` (from `kept_counts`) covers histories the token budget truncated."""
+    out = {}
+    for f in fields:
+        n = len(row[f"{f}_item_idx"])
+        n_kept = counts.get(f, min(n, num_behaviors))
+        out[f] = list(range(n - n_kept, n))
+    return out
+
+
+def history_frame(row: dict[str, Any], fields: list[str], items: pd.DataFrame, kept: Kept) -> pd.DataFrame:
     """Stored behaviors of each history field: position, item, title, hours before the target, kept index k."""
     rows = []
     for f in fields:
         idx = np.asarray(row[f"{f}_item_idx"], dtype=np.int64)
         ts = np.asarray(row[f"{f}_timestamp"], dtype=np.int64)
         labels = np.asarray(row.get(f"{f}_label", np.zeros(len(idx))), dtype=np.int64)
-        n = len(idx)
-        n_kept = (kept or {}).get(f, min(n, num_behaviors))
-        for i in range(n):
-            k = i - (n - n_kept)
+        k_of = {int(j): k for k, j in enumerate(kept.get(f, []))}
+        for i in range(len(idx)):
+            k = k_of.get(i, -1)
             rows.append(
                 {
                     "field": f,
@@ -68,7 +75,7 @@ def history_frame(
                     "hours_before": (int(row["timestamp"]) - int(ts[i])) / HOUR,
                     "label": int(labels[i]),
                     "kept": k >= 0,
-                    "k": k if k >= 0 else -1,
+                    "k": k,
                 }
             )
     return pd.DataFrame(

@@ -1,4 +1,5 @@
-"""Pieces every page shares: the root folder, empty states with the command to run, per-artifact errors."""
+"""Pieces every page shares: the fixed root and the folder chosen under it, refusals, empty states with the
+command to run, per-artifact errors."""
 
 from __future__ import annotations
 
@@ -15,35 +16,89 @@ import streamlit as st
 DEFAULT_ROOT = "runs/demo"
 ROOT_ENV = "CTRSINK_DASHBOARD_ROOT"
 REPO = Path(__file__).resolve().parents[1]
+FOLDER_KEY = "folder"
+FOLDER_PENDING = (
+    "folder_pending"  # a folder to switch to on the next run (the widget's value is set before it)
+)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """`-- --root DIR [--read-only]` (the root defaults to $CTRSINK_DASHBOARD_ROOT, then runs/demo)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--root", default=os.environ.get(ROOT_ENV, DEFAULT_ROOT))
+    parser.add_argument("--read-only", action="store_true")
+    args, _ = parser.parse_known_args(argv)
+    return args
 
 
 def init_root(argv: list[str]) -> None:
-    """Session root from `-- --root DIR` (then $CTRSINK_DASHBOARD_ROOT, then runs/demo), set once per session."""
-    if "root" in st.session_state:
-        return
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--root", default=os.environ.get(ROOT_ENV, DEFAULT_ROOT))
-    args, _ = parser.parse_known_args(argv)
-    st.session_state["root"] = args.root
+    """The session's root and read-only flag from the server's command line, set once per session.
+
+    Neither is a widget, so nothing a browser sends can change them; tests preset them in session state.
+    """
+    args = parse_args(argv)
+    st.session_state.setdefault("root", args.root)
+    # --read-only on the command line wins over anything in the session
+    st.session_state["read_only"] = bool(args.read_only or st.session_state.get("read_only"))
 
 
 def root() -> Path:
+    """The fixed root, resolved: every file the app opens must lie under it."""
     raw = Path(str(st.session_state.get("root") or DEFAULT_ROOT)).expanduser()
     if not raw.is_absolute() and not raw.exists() and (REPO / raw).exists():
         raw = REPO / raw  # started from elsewhere: the default is relative to the repository
-    return raw
+    return raw.resolve()
+
+
+def read_only() -> bool:
+    return bool(st.session_state.get("read_only"))
+
+
+def folder() -> Path:
+    """The folder the pages scan: the sidebar's choice among the folders under the root (the root by default)."""
+    chosen = str(st.session_state.get(FOLDER_KEY) or ".")
+    try:
+        return discover.confine(root(), root() / chosen)
+    except discover.OutsideRoot:
+        return root()
 
 
 def found() -> discover.Found:
-    return discover.find(str(root()))
+    return discover.find(str(folder()), str(root()))
+
+
+def _check_folder(choices: list[str]) -> str | None:
+    """Resets a folder choice that is not one of `choices` to the root; -> the refusal to show, if any."""
+    if FOLDER_PENDING in st.session_state:
+        st.session_state[FOLDER_KEY] = st.session_state.pop(FOLDER_PENDING)
+    chosen = str(st.session_state.get(FOLDER_KEY, "."))
+    if chosen in choices:
+        return None
+    st.session_state[FOLDER_KEY] = "."
+    try:
+        discover.confine(root(), root() / chosen)
+    except discover.OutsideRoot as exc:
+        return f"Folder {chosen!r}: {exc}; showing the root instead."
+    return f"Folder {chosen!r} is not a folder under the root {root()}; showing the root instead."
 
 
 def sidebar() -> None:
+    refusal = None
     with st.sidebar:
-        st.text_input("Root folder", key="root", help="Runs, ablations and analyses are searched below it.")
+        base = root()
+        st.caption(f"Root: `{base}`" + (" · read-only" if read_only() else ""))
+        choices = discover.subfolders(base)
+        refusal = _check_folder(choices)
+        st.selectbox(
+            "Folder",
+            choices,
+            key=FOLDER_KEY,
+            help="Runs, ablations and analyses are searched below this folder. The root is fixed when the "
+            "dashboard starts (`-- --root DIR`).",
+        )
         f = found()
         if not f.exists:
-            st.warning(f"{root()} does not exist")
+            st.warning(f"{folder()} does not exist")
         else:
             st.caption(
                 f"{len(f.standalone_runs())} runs · {len(f.ablations)} ablations · {len(f.analyses)} analyses · "
@@ -51,6 +106,15 @@ def sidebar() -> None:
             )
         if st.button("Rescan", help="Look for new folders now (otherwise every few seconds)"):
             discover.find.clear()
+    st.session_state["_refusals"] = [refusal] if refusal else []
+
+
+def refusals() -> None:
+    """Refused paths on the page itself: a folder choice outside the root, entries leading outside it."""
+    for message in st.session_state.get("_refusals", []):
+        st.error(message)
+    for name, message in found().refused:
+        st.error(f"**{name}** {message}")
 
 
 def q(path: Path | str) -> str:
@@ -64,7 +128,7 @@ def empty(message: str, command: str) -> None:
 
 
 def no_runs() -> None:
-    r = root()
+    r = folder()
     where = f"{r} does not exist" if not r.exists() else f"No runs found under {r}"
     empty(
         f"{where}. Train the demo pair (baseline and CTR-Sink) on the bundled sample data, or your own run:",
@@ -74,25 +138,28 @@ def no_runs() -> None:
 
 def capture_command(f: discover.Found) -> str:
     runs = f.standalone_runs() or f.runs
-    run = runs[0].path if runs else root() / "RUN_DIR"
-    name = run.name if runs else "NAME"
+    run = runs[0].path if runs else folder() / "RUN_DIR"
+    out = run / "analysis" if runs else folder() / "RUN_DIR" / "analysis"
     return (
-        f"sinkviz capture --run {q(run)} --out {q(root() / 'analysis' / name)} --samples 256 --full-maps 4\n"
-        f"sinkviz attribute --run {q(run)} --out {q(root() / 'analysis' / name)} --samples 32"
+        f"sinkviz capture --run {q(run)} --out {q(out)} --samples 256 --full-maps 4\n"
+        f"sinkviz attribute --run {q(run)} --out {q(out)} --samples 32"
     )
 
 
 def no_analysis() -> None:
     f = found()
     empty(
-        f"No attention analysis found under {root()}. Capture one from a trained run "
+        f"No attention analysis found under {folder()}. Capture one from a trained run "
         "(attributions are optional; the Sample explorer shows them when present):",
         capture_command(f),
     )
 
 
 def artifact_error(name: str, exc: BaseException | str, command: str | None = None) -> None:
-    """One broken artifact: its name and the error, without a traceback; the page carries on."""
+    """One broken (or refused) artifact: its name and the error, without a traceback; the page carries on."""
+    if isinstance(exc, discover.OutsideRoot):
+        st.error(f"**{name}** {exc}")
+        return
     text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     st.error(f"**{name}** could not be read: {text}")
     if command:
@@ -108,33 +175,40 @@ def load_analyses(f: discover.Found, show_errors: bool = True) -> dict[str, Any]
         try:
             if art.error:
                 raise AnalysisError(art.error)
-            out[art.name] = discover.load_analysis(art.path)
+            out[art.name] = discover.load_analysis(root(), art.path)
         except AnalysisError as exc:
             if show_errors:
                 schema = "schema version" in str(exc)
-                artifact_error(
-                    art.name,
-                    str(exc),
-                    capture_command(f).splitlines()[0] if schema else None,
-                )
-        except Exception as exc:  # a damaged Parquet or safetensors file: report it, keep the page alive
+                artifact_error(art.name, str(exc), capture_command(f).splitlines()[0] if schema else None)
+        except (
+            Exception
+        ) as exc:  # a damaged Parquet or safetensors file, a refused path: report, keep the page
             if show_errors:
                 artifact_error(art.name, exc)
     return out
 
 
-def analysis_labels(analyses: dict[str, Any]) -> dict[str, str]:
-    """A unique, readable label per analysis: its run (relative to the root when inside it) and its kind."""
-    base = root().resolve()
+def run_label(run: Path | None, fallback: str) -> str:
+    """A run's folder relative to the root (its name when elsewhere)."""
+    if run is None:
+        return fallback
+    try:
+        return Path(run).resolve().relative_to(root()).as_posix()
+    except ValueError:
+        return Path(run).name or fallback
+
+
+def analysis_run(f: discover.Found, name: str) -> discover.Artifact | None:
+    return next((a for a in f.analyses + f.id_rows if a.name == name), None)
+
+
+def analysis_labels(f: discover.Found, analyses: dict[str, Any]) -> dict[str, str]:
+    """A unique, readable label per analysis: the run it belongs to (relative to the root) and its kind."""
     labels = {}
     for name, analysis in analyses.items():
-        run = Path(str(analysis.manifest.get("run_dir", "")))
-        try:
-            text = run.resolve().relative_to(base).as_posix()
-        except ValueError:
-            text = run.name or name
+        art = analysis_run(f, name)
         kind = "CTR-Sink" if analysis.manifest.get("use_sink") else "baseline"
-        labels[name] = f"{text} ({kind})"
+        labels[name] = f"{run_label(art.run if art else None, name)} ({kind})"
     counts = Counter(labels.values())
     return {n: (f"{v} · {n}" if counts[v] > 1 else v) for n, v in labels.items()}
 

@@ -46,7 +46,7 @@ def build(cfg, items: pd.DataFrame, frame: pd.DataFrame, fields: list[str]):
         model, batcher, _ = assemble_ids(cfg, items, fields)
         return model, batcher
     from ctrsink.backbones import load_backbone
-    from ctrsink.train import tokenizer_corpus
+    from ctrsink.textprep import tokenizer_corpus
 
     backbone, tok, _ = load_backbone(cfg, tokenizer_corpus(items, frame, fields, cfg))
     model, batcher, _ = assemble(cfg, backbone, tok, items, fields)

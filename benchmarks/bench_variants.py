@@ -25,7 +25,7 @@ from ctrsink.backbones import load_backbone
 from ctrsink.config import load_config
 from ctrsink.data import load_sample_set
 from ctrsink.run import assemble
-from ctrsink.train import tokenizer_corpus
+from ctrsink.textprep import tokenizer_corpus
 
 DEFAULT = ["baseline", "sink", "sink+signal", "sink+signal+two_stage", "full", "cls_token", "random_signal"]
 

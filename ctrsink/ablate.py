@@ -2,6 +2,11 @@
 
 Each (variant, seed) is an ordinary run directory under ABL_DIR/runs/, so an interrupted grid resumes: finished
 runs are read back, a half-finished one resumes from its last epoch, the rest start fresh.
+
+Every Δ against `baseline` in the summary carries two intervals (`ctrsink.intervals`): a t-interval over seeds and a
+paired bootstrap over the test split's users (seeds, then users within each seed), read from each run's
+predictions_test.parquet. The variants include controls: the signal on the separators instead of sink tokens
+(`carrier:separator+SIGNAL`) and the signal written as text with no sinks (`text:SIGNAL`).
 """
 
 from __future__ import annotations
@@ -13,15 +18,28 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ctrsink.atomic import atomic_write_bytes, atomic_write_text
 from ctrsink.config import Config, config_from_dict, config_to_yaml, load_config
 from ctrsink.errors import CtrSinkError
-from ctrsink.io import atomic_write_bytes, atomic_write_text
+from ctrsink.intervals import BOOTSTRAP_INTERVAL, METRICS, T_INTERVAL, seed_user_bootstrap, t_interval
+from ctrsink.run import PREDICTIONS_TEST_FILE
 
 log = logging.getLogger("ctrsink.ablate")
+BOOTSTRAP_FILE = "bootstrap.parquet"  # per ablation: Δ and user-bootstrap bounds per variant and metric
+N_BOOT = 1000
+BOOT_SEED = 0
 
 _SIGNAL = {"use_sink": True, "sink_signal": "time_gap"}  # the paper's "temporal distance" signal
+
+
+def _signal_values(name: str) -> dict[str, Any]:
+    """'index_newest' -> index with newest-first ids; every other name is a sink_signal."""
+    if name.startswith("index"):
+        return {"sink_signal": "index", "index_origin": "newest" if name == "index_newest" else "oldest"}
+    return {"sink_signal": name}
+
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {"use_sink": False},
     "sink": {"use_sink": True},
@@ -31,10 +49,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cls_token": {"use_sink": True, "use_cls_token": True},
     "random_signal": {"use_sink": True, "sink_signal": "random"},
     "signal:none": {"use_sink": True, "sink_signal": "none"},
-    "signal:index": {"use_sink": True, "sink_signal": "index"},
+    "signal:index": {"use_sink": True, "sink_signal": "index", "index_origin": "oldest"},
+    "signal:index_newest": {"use_sink": True, "sink_signal": "index", "index_origin": "newest"},
     "signal:time_gap": dict(_SIGNAL),
     "signal:similarity": {"use_sink": True, "sink_signal": "similarity"},
     "signal:random": {"use_sink": True, "sink_signal": "random"},
+    # controls: the same signal embedding added to the separator after each behavior (no sink tokens) ...
+    **{
+        f"carrier:separator+{name}": {"signal_carrier": "separator", **_signal_values(name)}
+        for name in ("none", "index", "index_newest", "time_gap", "similarity", "random")
+    },
+    # ... and no sinks, no signal embedding: the same signal written into each behavior's text
+    "text:time_gap": {"behavior_signal_text": "time_gap"},
+    "text:index": {"behavior_signal_text": "index", "index_origin": "oldest"},
+    "text:index_newest": {"behavior_signal_text": "index", "index_origin": "newest"},
     # ID-based comparison rows on the same samples (ctrsink/idmodels): "-lite" = our re-implementations
     "din": {"model": "din"},
     "sparsectr_lite": {"model": "sparsectr_lite"},
@@ -48,8 +76,22 @@ DEFAULT_VARIANTS = [
     "full",
     "cls_token",
     "random_signal",
+    # controls (issue 12): is it the sink token, or the information it carries?
+    "carrier:separator+time_gap",
+    "text:time_gap",
+    "signal:index",
+    "signal:index_newest",
+    "text:index",
 ]
-SINK_KEYS = ("use_sink", "sink_signal", "use_cls_token", "two_stage", "inter_sink")
+SINK_KEYS = (
+    "use_sink",
+    "sink_signal",
+    "use_cls_token",
+    "two_stage",
+    "inter_sink",
+    "signal_carrier",
+    "behavior_signal_text",
+)
 VARIANT_KEYS = ("model", *SINK_KEYS)  # what a variant decides; the base config decides the rest
 TABLE_COLUMNS = [
     "variant",
@@ -115,9 +157,11 @@ def ablate(
             train(data_dir, cfg, run)
     table = collect(out, variants, seeds)
     costs = collect_costs(out, variants, seeds)
+    boot = ablation_intervals(out, variants, seeds)
     atomic_write_bytes(out / "ablation.parquet", table.to_parquet(index=False))
     atomic_write_bytes(out / "costs.parquet", costs.to_parquet(index=False))
-    atomic_write_text(out / "summary.md", summarize(table, costs))
+    atomic_write_bytes(out / BOOTSTRAP_FILE, boot.to_parquet(index=False))
+    atomic_write_text(out / "summary.md", summarize(table, costs, boot))
     return table
 
 
@@ -138,7 +182,26 @@ def summarize_dir(out_dir: str | Path, variants: list[str] | None = None) -> str
             "variant", key=lambda c: c.map(order), kind="stable"
         )
         costs = costs[costs["variant"].isin(order)] if costs is not None else None
-    return summarize(table, costs)
+    return summarize(table, costs, _stored_intervals(out, table))
+
+
+def _stored_intervals(out: Path, table: pd.DataFrame) -> pd.DataFrame | None:
+    """bootstrap.parquet when it covers the table's variants, else computed from the run folders (and stored);
+    None when neither is possible (a table copied without its runs)."""
+    variants = list(dict.fromkeys(table["variant"]))
+    path = out / BOOTSTRAP_FILE
+    if path.is_file():
+        stored = pd.read_parquet(path)
+        if set(variants) - {"baseline"} <= set(stored["variant"]):
+            return stored
+    seeds = sorted({int(s) for s in table["seed"]})
+    try:
+        boot = ablation_intervals(out, variants, seeds)
+    except CtrSinkError as exc:
+        log.warning("no user-bootstrap intervals: %s", exc)
+        return None
+    atomic_write_bytes(path, boot.to_parquet(index=False))
+    return boot
 
 
 def collect(out: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
@@ -212,29 +275,98 @@ def collect_costs(out: Path, variants: list[str], seeds: list[int]) -> pd.DataFr
     return pd.DataFrame(rows, columns=COST_COLUMNS)
 
 
-def _interval(values: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of a 95% t-interval over seeds (NaN half-width with one seed)."""
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    if len(values) == 1:
-        return float(values[0]), float("nan")
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return float(values.mean()), float(half)
+# ------------------------------------------------------------------------------------ intervals over users
 
 
-def summary_table(table: pd.DataFrame, costs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Test metrics at each run's best epoch: mean and 95% interval per variant, difference to baseline by seed."""
+def run_predictions(run: Path) -> pd.DataFrame:
+    """A run's test predictions at its best checkpoint (sample_id, user_id, user_code, label, logit): the run's
+    predictions_test.parquet, or for runs trained before training wrote it, the same rows scored now and cached."""
+    path = run / PREDICTIONS_TEST_FILE
+    if path.is_file():
+        return pd.read_parquet(path)
+    pred = score_evaluated_test(run)
+    atomic_write_bytes(path, pred.to_parquet(index=False))
+    return pred
+
+
+def score_evaluated_test(run: Path) -> pd.DataFrame:
+    """Score the test rows the run was evaluated on (training's seeded `eval_samples` subset, not the whole split)
+    with the pooling of its test row; user codes as training assigned them."""
+    from ctrsink.run import load_run, score_rows
+    from ctrsink.sampling import load_samples  # the subsets training read, by the same rule
+
+    bundle = load_run(run)
+    frames = load_samples(bundle.info["data_dir"], bundle.cfg).frames
+    users = sorted(pd.concat([f["user_id"].astype(str) for f in frames.values()]).unique())  # as training
+    codes = {u: i for i, u in enumerate(users)}
+    test = frames["test"]
+    rows = test.to_dict("records")
+    for r in rows:
+        r["user_code"] = codes[str(r["user_id"])]
+    logits = score_rows(bundle, rows, pooling=_test_pooling(run))
+    return pd.DataFrame(
+        {
+            "sample_id": test["sample_id"].to_numpy(),
+            "user_id": test["user_id"].astype(str).to_numpy(),
+            "user_code": [r["user_code"] for r in rows],
+            "label": test["label"].to_numpy(),
+            "logit": logits.astype(np.float64),
+        }
+    )
+
+
+def _test_pooling(run: Path) -> str:
+    """The pooling of the run's test row (metrics.jsonl, stage 'best')."""
+    for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if r.get("stage") == "best" and r.get("split") == "test":
+            return r.get("pooling") or "all_tokens"
+    return "all_tokens"
+
+
+BOOT_COLUMNS = ["variant", "metric", "delta", "lo", "hi", "seeds", "users", "n_boot"]
+
+
+def ablation_intervals(
+    out: Path, variants: list[str], seeds: list[int], n_boot: int = N_BOOT, seed: int = BOOT_SEED
+) -> pd.DataFrame:
+    """Per variant and metric: Δ against `baseline` and its paired user bootstrap interval over the grid's seeds
+    (`ctrsink.intervals.seed_user_bootstrap`). Every variant uses the same bootstrap seed, so the same draws of
+    users: their intervals differ by the variants, not by the luck of the draw."""
+    if "baseline" not in variants:
+        return pd.DataFrame(columns=BOOT_COLUMNS)
+    base = {s: run_predictions(out / "runs" / run_dir_name("baseline", s)) for s in seeds}
+    rows = []
+    for variant in variants:
+        if variant == "baseline":
+            continue
+        pairs = [(run_predictions(out / "runs" / run_dir_name(variant, s)), base[s]) for s in seeds]
+        users = float(np.mean([p["user_id"].nunique() for p, _ in pairs]))
+        for metric in METRICS:
+            delta, lo, hi = seed_user_bootstrap(pairs, metric, n_boot, seed)
+            rows.append([variant, metric, delta, lo, hi, len(seeds), users, n_boot])
+    return pd.DataFrame(rows, columns=BOOT_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+
+
+def summary_table(
+    table: pd.DataFrame, costs: pd.DataFrame | None = None, intervals: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Test metrics at each run's best epoch: mean and 95% t-interval over seeds per variant, Δ to baseline paired
+    by seed (`{metric}_diff`, `_diff_ci95`) and, given `intervals` (`ablation_intervals`), the paired user
+    bootstrap's Δ and bounds (`{metric}_diff_boot`, `_diff_lo`, `_diff_hi`)."""
     test = table[(table["split"] == "test") & (table["stage"] == "best")]
     base = test[test["variant"] == "baseline"].set_index("seed")
     rows = []
     for variant, group in test.groupby("variant", sort=False):
         row: dict[str, Any] = {"variant": variant, "seeds": len(group)}
-        for metric in ("auc", "logloss", "gauc"):
-            row[metric], row[f"{metric}_ci95"] = _interval(group[metric].to_numpy(dtype=float))
+        for metric in METRICS:
+            row[metric], row[f"{metric}_ci95"] = t_interval(group[metric].to_numpy(dtype=float))
             if len(base) and variant != "baseline":
                 paired = group.set_index("seed")[metric] - base[metric]
-                row[f"{metric}_diff"], row[f"{metric}_diff_ci95"] = _interval(
+                row[f"{metric}_diff"], row[f"{metric}_diff_ci95"] = t_interval(
                     paired.dropna().to_numpy(dtype=float)
                 )
         row["train_seconds"] = float(
@@ -245,39 +377,53 @@ def summary_table(table: pd.DataFrame, costs: pd.DataFrame | None = None) -> pd.
         )
         rows.append(row)
     out = pd.DataFrame(rows)
+    if intervals is not None and len(intervals) and len(out):
+        out = out.merge(_wide_intervals(intervals), on="variant", how="left")
     if costs is not None and len(costs) and len(out):
         cost = costs.groupby("variant", sort=False)[COST_COLUMNS[3:]].mean().reset_index()
         out = out.merge(cost, on="variant", how="left")
     return out
 
 
-def summarize(table: pd.DataFrame, costs: pd.DataFrame | None = None) -> str:
-    s = summary_table(table, costs)
+def _wide_intervals(intervals: pd.DataFrame) -> pd.DataFrame:
+    wide = intervals.pivot(index="variant", columns="metric", values=["delta", "lo", "hi"])
+    wide.columns = [f"{metric}_diff_{'boot' if part == 'delta' else part}" for part, metric in wide.columns]
+    wide["boot_users"] = intervals.groupby("variant")["users"].first()
+    return wide.reset_index()
+
+
+def _fmt(mean: float, half: float) -> str:
+    return "n/a" if np.isnan(mean) else (f"{mean:.4f}" if np.isnan(half) else f"{mean:.4f} ± {half:.4f}")
+
+
+def _fmt_diff(r: pd.Series, metric: str) -> str:
+    """'+0.0123 ± 0.0150 [+0.0040, +0.0290]': Δ with its t-interval over seeds, then the user bootstrap's."""
+    if r["variant"] == "baseline":
+        return "—"
+    mean, half = r.get(f"{metric}_diff", np.nan), r.get(f"{metric}_diff_ci95", np.nan)
+    if np.isnan(mean):
+        return "n/a"
+    text = f"{mean:+.4f}" + ("" if np.isnan(half) else f" ± {half:.4f}")
+    lo, hi = r.get(f"{metric}_diff_lo", np.nan), r.get(f"{metric}_diff_hi", np.nan)
+    return text + ("" if np.isnan(lo) else f" [{lo:+.4f}, {hi:+.4f}]")
+
+
+def summarize(
+    table: pd.DataFrame, costs: pd.DataFrame | None = None, intervals: pd.DataFrame | None = None
+) -> str:
+    s = summary_table(table, costs, intervals)
     with_cost = "parameters" in s.columns
-
-    def fmt(mean: float, half: float) -> str:
-        return "n/a" if np.isnan(mean) else (f"{mean:.4f}" if np.isnan(half) else f"{mean:.4f} ± {half:.4f}")
-
+    with_boot = "auc_diff_lo" in s.columns
     lines = [
-        "| variant | seeds | test AUC | Δ AUC vs baseline | test LogLoss | Δ LogLoss | test gAUC | train s/run |"
-        + (" params | MFLOPs/sample b1 | b100 | train samples/s |" if with_cost else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if with_cost else ""),
+        "| variant | seeds | test AUC | Δ AUC vs baseline | test gAUC | Δ gAUC | test LogLoss | Δ LogLoss "
+        "| train s/run |" + (" params | MFLOPs/sample b1 | b100 | train samples/s |" if with_cost else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if with_cost else ""),
     ]
     for _, r in s.iterrows():
-        d_auc = (
-            fmt(r.get("auc_diff", np.nan), r.get("auc_diff_ci95", np.nan))
-            if r["variant"] != "baseline"
-            else "—"
-        )
-        d_ll = (
-            fmt(r.get("logloss_diff", np.nan), r.get("logloss_diff_ci95", np.nan))
-            if r["variant"] != "baseline"
-            else "—"
-        )
         lines.append(
-            f"| {r['variant']} | {r['seeds']} | {fmt(r['auc'], r['auc_ci95'])} | {d_auc} | "
-            f"{fmt(r['logloss'], r['logloss_ci95'])} | {d_ll} | {fmt(r['gauc'], r['gauc_ci95'])} | "
-            f"{r['train_seconds']:.0f} |"
+            f"| {r['variant']} | {r['seeds']} | {_fmt(r['auc'], r['auc_ci95'])} | {_fmt_diff(r, 'auc')} | "
+            f"{_fmt(r['gauc'], r['gauc_ci95'])} | {_fmt_diff(r, 'gauc')} | "
+            f"{_fmt(r['logloss'], r['logloss_ci95'])} | {_fmt_diff(r, 'logloss')} | {r['train_seconds']:.0f} |"
             + (
                 f" {r['parameters']:,.0f} | {r['flops_per_sample_b1'] / 1e6:,.1f} | "
                 f"{r['flops_per_sample_b100'] / 1e6:,.1f} | {r['train_samples_per_s']:.0f} |"
@@ -285,10 +431,18 @@ def summarize(table: pd.DataFrame, costs: pd.DataFrame | None = None) -> str:
                 else ""
             )
         )
+    users = s["boot_users"].dropna() if with_boot else pd.Series(dtype=float)
     lines.append("")
     lines.append(
-        "Mean ± half-width of a 95% t-interval over seeds; Δ is paired by seed against `baseline`; "
-        "test metrics at each run's best validation epoch."
+        f"Test metrics at each run's best validation epoch: mean ± half-width of a {T_INTERVAL}. Δ is against "
+        f"`baseline`, paired by seed, with the half-width of a {T_INTERVAL}"
+        + (
+            f" and, in brackets, a {BOOTSTRAP_INTERVAL}: {N_BOOT} replicates draw seeds with replacement, then "
+            f"the test split's users (about {users.mean():.0f} per seed) with replacement within each drawn seed, "
+            "scoring both runs on the same drawn users. A gain that is real for users excludes 0 in brackets."
+            if with_boot and len(users)
+            else " (no user-bootstrap interval: the runs' test predictions were not available)."
+        )
         + (
             " Parameters and FLOPs per sample (2 per multiply-add, batch 1 and one request of 100 candidates, "
             "where folding rows compute the user side once) from each run's run.json; training samples/s is "

@@ -234,35 +234,79 @@ def _wordpiece_vocab(tok, texts: list[str], specials: list[str], vocab_size: int
     return {p: i for i, p in enumerate(pieces)}
 
 
-def _scratch_model(kind: str, tokenizer, cfg) -> nn.Module:
-    from transformers import BertConfig, BertModel, Qwen2Config, Qwen2Model
+def scratch_config(
+    model_type: str,
+    tokenizer: Any,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    max_positions: int = 512,
+    intermediate: int | None = None,
+) -> Any:
+    """A `transformers` config of any supported family, sized by hand (scratch backbones, dry-run stand-ins)."""
+    from transformers import AutoConfig
 
-    h, n_layers, heads = cfg.scratch_hidden, cfg.scratch_layers, cfg.scratch_heads
-    if kind == "scratch-bert":
-        conf = BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=h,
-            num_hidden_layers=n_layers,
-            num_attention_heads=heads,
-            intermediate_size=4 * h,
-            max_position_embeddings=max(512, cfg.max_user_tokens + 8),
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        return BertModel(conf, add_pooling_layer=False)
-    conf = Qwen2Config(
+    if model_type not in FAMILIES:
+        raise CtrSinkError(f"model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)}")
+    common = dict(
         vocab_size=len(tokenizer),
-        hidden_size=h,
-        num_hidden_layers=n_layers,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=cfg.scratch_kv_heads,
-        intermediate_size=4 * h,
-        max_position_embeddings=max(512, cfg.max_user_tokens + 8),
-        tie_word_embeddings=True,
+        intermediate_size=intermediate or 4 * hidden,
+        max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    return Qwen2Model(conf)
+    if FAMILIES[model_type].family == "encoder":
+        return AutoConfig.for_model(model_type, **common)
+    extra = dict(num_key_value_heads=kv_heads, tie_word_embeddings=True, bos_token_id=None)
+    if model_type == "qwen3":
+        extra["head_dim"] = hidden // heads  # Qwen3 defaults to 128 whatever the hidden size
+    return AutoConfig.for_model(model_type, eos_token_id=tokenizer.eos_token_id, **common, **extra)
+
+
+def _scratch_model(kind: str, tokenizer, cfg) -> nn.Module:
+    from transformers import AutoModel
+
+    model_type = "bert" if kind == "scratch-bert" else "qwen2"
+    conf = scratch_config(
+        model_type,
+        tokenizer,
+        cfg.scratch_hidden,
+        cfg.scratch_layers,
+        cfg.scratch_heads,
+        cfg.scratch_kv_heads,
+        max_positions=max(512, cfg.max_user_tokens + 8),
+    )
+    if model_type == "bert":
+        from transformers import BertModel
+
+        return BertModel(conf, add_pooling_layer=False)
+    return AutoModel.from_config(conf)
+
+
+def load_dtype(cfg: Any) -> Any:
+    """The dtype `from_pretrained` loads the backbone in (`weights_dtype`; "auto" = the checkpoint's own)."""
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
+    return names[getattr(cfg, "weights_dtype", "fp32")]
+
+
+def _check_family(location: str, local_files_only: bool) -> str:
+    """model_type of a checkpoint, read from its config before any weights load (a 7B load is minutes)."""
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(location, local_files_only=local_files_only)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CtrSinkError(f"config option 'backbone': cannot load {location!r}: {first}") from None
+    if conf.model_type not in FAMILIES:
+        raise CtrSinkError(
+            f"config option 'backbone': {location!r} is a {conf.model_type!r} model; supported model_type:"
+            f" {', '.join(FAMILIES)}"
+        )
+    return conf.model_type
 
 
 def load_backbone(cfg, tokenizer_texts: Iterable[str] | None = None) -> tuple[Backbone, Any, dict]:
@@ -279,12 +323,13 @@ def load_backbone(cfg, tokenizer_texts: Iterable[str] | None = None) -> tuple[Ba
         model = _scratch_model(kind, tokenizer, cfg)
         info.update(pretrained=False, tokenizer_kind="trained on the training split")
     else:
+        _check_family(str(location), cfg.local_files_only)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(location), local_files_only=cfg.local_files_only)
             model = AutoModel.from_pretrained(
                 str(location),
                 local_files_only=cfg.local_files_only,
-                dtype=torch.float32,
+                dtype=load_dtype(cfg),
                 attn_implementation="sdpa",
             )
         except (OSError, ValueError) as exc:
@@ -317,12 +362,17 @@ def _weights_sha256(folder: Path) -> str | None:
     return None
 
 
-def backbone_from_run(run_dir: Path) -> tuple[Backbone, Any]:
-    """Rebuild the backbone skeleton and tokenizer stored in a run directory (weights come from the checkpoint)."""
+def backbone_from_run(run_dir: Path, cfg: Any = None) -> tuple[Backbone, Any]:
+    """Rebuild the backbone skeleton and tokenizer stored in a run directory (weights come from the checkpoint),
+    in the dtype the run trained its backbone in."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     conf = AutoConfig.from_pretrained(run_dir / "backbone", local_files_only=True)
-    model = AutoModel.from_config(conf, attn_implementation="sdpa", dtype=torch.float32)
+    dtype = load_dtype(cfg) if cfg is not None else torch.float32
+    if dtype == "auto":  # the dtype the run's backbone had, as its saved config records it
+        saved = getattr(conf, "dtype", None) or torch.float32
+        dtype = getattr(torch, saved) if isinstance(saved, str) else saved
+    model = AutoModel.from_config(conf, attn_implementation="sdpa", dtype=dtype)
     if hasattr(model, "pooler"):
         model.pooler = None
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)

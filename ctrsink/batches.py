@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from ctrsink.config import Config
 from ctrsink.sinks.signals import sink_signal_ids
-from ctrsink.text import TextRenderer, pad_field
+from ctrsink.text import FieldEncoding, TextRenderer, pad_field
 
 
 class SampleDataset(Dataset):
@@ -56,6 +56,14 @@ class Batcher:
             order = np.arange(max(0, n - k), n)
         return order, sims
 
+    def carriers(self, enc: FieldEncoding) -> tuple[list[int], list[int]]:
+        """(positions that carry the sink signal, the kept behavior each follows): the sinks, or with
+        signal_carrier=separator the first token of the separator after each behavior but the last, i.e. the
+        token the sink would have stood right before. Same behaviors, same signal ids, one row each."""
+        if self.cfg.signal_carrier == "separator":
+            return enc.separator_positions, enc.separator_behavior
+        return (enc.sink_positions, enc.sink_behavior) if self.cfg.use_sink else ([], [])
+
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         row = dict(row)
         sims = {}
@@ -67,13 +75,14 @@ class Batcher:
         signals = {}
         for stream, f in enumerate(self.renderer.history_fields):
             e = enc[f]
+            positions, follows = self.carriers(e)
             ids: list[int] = []
-            if self.cfg.use_sink and self.cfg.sink_signal != "off" and e.sink_positions:
+            if self.cfg.sink_signal != "off" and positions:
                 ids = sink_signal_ids(
                     self.cfg.sink_signal,
                     n=self.cfg.sink_num_embeddings,
                     kept=e.kept,
-                    sink_behavior=e.sink_behavior,
+                    sink_behavior=follows,
                     stored_len=len(row[f"{f}_item_idx"]),
                     timestamps=np.asarray(row[f"{f}_timestamp"]),
                     target_ts=int(row["timestamp"]),
@@ -87,7 +96,7 @@ class Batcher:
                     stream=stream,
                 )
             per_token = [-1] * len(e.input_ids)
-            for pos, s in zip(e.sink_positions, ids):
+            for pos, s in zip(positions, ids):
                 per_token[pos] = s
             signals[f] = per_token
         return {"enc": enc, "signals": signals, "row": row}

@@ -81,7 +81,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from ctrsink.io import atomic_write_text
+    from ctrsink.atomic import atomic_write_text
     from ctrsink.predict import predict
 
     scores = predict(args.run, args.data, args.split, args.pooling)
@@ -113,6 +113,19 @@ def _summarize(args: argparse.Namespace) -> None:
     print(summarize_dir(args.ablation, variants))
 
 
+def _rank(args: argparse.Namespace) -> None:
+    from ctrsink.rank import rank_file
+
+    n = rank_file(args.run, args.requests, args.out, checkpoint=args.checkpoint)
+    print(f"wrote {n} rankings to {args.out}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from ctrsink.serve import serve
+
+    serve(args.run, args.host, args.port, checkpoint=args.checkpoint)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from ctrsink.pipeline import run_demo
 
@@ -126,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("prepare", help="behavior log -> train/valid/test samples (Parquet) + manifest")
-    s.add_argument("--source", required=True, choices=["movielens", "kuairec", "csv"])
+    s.add_argument(
+        "--source",
+        required=True,
+        choices=["movielens", "kuairec", "csv", "reference"],
+        help="reference: the CTR-Sink reference code's train/valid/test sample files, splits kept",
+    )
     s.add_argument("--path", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--max-history", type=int, dest="max_history")
@@ -149,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         dest="columns",
         metavar="CANONICAL=FILE_COLUMN",
-        help="csv source: map a canonical column to the file's column name",
+        help="csv and reference sources: map a canonical column to the file's column name",
     )
     s.set_defaults(fn=_prepare)
 
@@ -201,10 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--run", required=True)
         s.add_argument("--data", help="sample directory (default: the one the run was trained on)")
         s.add_argument("--split", default="test")
-        s.add_argument("--pooling", default="all_tokens", choices=["all_tokens", "sink_only"])
+        pooling_help = "default: the run's eval_pooling"
+        s.add_argument("--pooling", default=None, choices=["all_tokens", "sink_only"], help=pooling_help)
         if name == "predict":
             s.add_argument("--out", required=True)
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("rank", help="rank candidate items per request (JSONL in, JSONL out, best first)")
+    s.add_argument("--run", required=True)
+    s.add_argument("--requests", required=True, help="JSONL, one request per line (format: ctrsink.rank)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--checkpoint", default="best")
+    s.set_defaults(fn=_rank)
+
+    s = sub.add_parser("serve", help="HTTP scoring service: POST /rank, GET /health")
+    s.add_argument("--run", required=True)
+    s.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--checkpoint", default="best")
+    s.set_defaults(fn=_serve)
     return p
 
 

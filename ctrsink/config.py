@@ -1,6 +1,7 @@
 """One typed config with every toggle: YAML in, `--set key=value` overrides, validation with errors that name the key.
 
 Defaults train a small scratch encoder on the bundled sample data in a couple of minutes on 2 CPU cores.
+Longer than ~400 lines on purpose: every option, its default and its check stand in one file a reader can search.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import yaml
 from ctrsink.errors import CtrSinkError
 
 SINK_SIGNALS = ("off", "none", "index", "time_gap", "similarity", "random")
+SIGNAL_CARRIERS = ("sink", "separator")  # which token row the signal embedding lands on
+SIGNAL_TEXTS = ("off", "time_gap", "index")  # signals that read as words ("3.5 days before", "position 7")
 BEHAVIOR_SELECTIONS = ("recent", "similarity")
 MODELS = (
     "ctrsink",
@@ -99,6 +102,42 @@ class SRP4CTRConfig:
             )
 
 
+FINETUNE_MODES = ("full", "lora")
+PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtype of the forward pass (fp16 adds a gradient scaler)
+WEIGHT_DTYPES = (
+    "fp32",
+    "bf16",
+    "fp16",
+    "auto",
+)  # dtype the backbone's weights are loaded in (auto: the checkpoint's)
+# the old `mixed_precision` key (Accelerate's names) -> `precision`; still accepted with the same meaning
+LEGACY_MIXED_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters through peft (`finetune: lora`); the reference's r 32, dropout 0.1 and per-family defaults."""
+
+    r: int = 32
+    alpha: float = 0.0  # 0 = family default: 2r for Qwen2, r otherwise (the reference's 64 / 32 at r = 32)
+    dropout: float = 0.1
+    targets: list[str] = field(
+        default_factory=list
+    )  # [] = family default (attention + MLP for Qwen, q/k/v for BERT)
+
+    def validate(self, prefix: str) -> None:
+        _positive(f"{prefix}.r", self.r)
+        if self.alpha < 0:
+            raise CtrSinkError(
+                f"config option '{prefix}.alpha': must be >= 0 (0 = family default), got {self.alpha}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise CtrSinkError(f"config option '{prefix}.dropout': must be in [0, 1), got {self.dropout}")
+        bad = [t for t in self.targets if not t or not t.replace("_", "").replace(".", "").isalnum()]
+        if bad:
+            raise CtrSinkError(f"config option '{prefix}.targets': not module names: {bad}")
+
+
 def _positive(key: str, value: Any) -> None:
     if value <= 0:
         raise CtrSinkError(f"config option '{key}': must be > 0, got {value}")
@@ -144,6 +183,9 @@ class Config:
     time_gap_tau_hours: float = 1.0
     time_gap_horizon_days: float = 365.0
     index_origin: str = "oldest"  # oldest | newest
+    # controls: the sink's signal without the sink token, and the same information as text (no sink at all)
+    signal_carrier: str = "sink"  # sink | separator: the signal added to the separator after each behavior
+    behavior_signal_text: str = "off"  # off | time_gap | index: the signal written into each behavior's text
     two_stage: bool = False
     stage1_epochs: int = 3
     stage2_epochs: int = 3
@@ -161,11 +203,22 @@ class Config:
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
     early_stop_patience: int = 3
+    # keep checkpoint/epoch{k} for k = 0 (before the first step) .. last: how attention forms over training
+    keep_epoch_checkpoints: bool = False
+    eval_pooling: str = (
+        "all_tokens"  # all_tokens | sink_only: pooling of validation (model selection) and test
+    )
     seed: int = 42
     train_samples: int = 0  # 0 = all; otherwise a seeded subset of the training split
     eval_samples: int = 0  # 0 = all; otherwise a seeded subset of valid and of test
     num_threads: int = 0  # 0 = torch default
-    mixed_precision: str = "no"  # no | bf16 (bf16 is slower on CPUs without bf16 units)
+    # --- scale: LoRA, precision, memory (the paper's 7-8B settings); `mixed_precision` is read as `precision` ------
+    finetune: str = "full"  # full | lora (backbone frozen; adapters, sink modules and heads train)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (bf16 is slower on CPUs without bf16 units)
+    weights_dtype: str = "fp32"  # fp32 | bf16 | fp16 | auto: backbone weights as loaded (half needs lora)
+    gradient_checkpointing: bool = False  # recompute the lower-layer per-field passes in backward
+    gradient_accumulation_steps: int = 1  # optimizer step every k batches (effective batch k * batch_size)
     # --- ID-based comparison rows (model != ctrsink); `--set sparsectr.chunking=fixed` -------------
     id_model: IDModelConfig = field(default_factory=IDModelConfig)
     sparsectr: SparseCTRConfig = field(default_factory=SparseCTRConfig)
@@ -183,7 +236,12 @@ class Config:
             "sink_signal": SINK_SIGNALS,
             "time_gap_ref": ("target", "previous"),
             "index_origin": ("oldest", "newest"),
-            "mixed_precision": ("no", "bf16"),
+            "signal_carrier": SIGNAL_CARRIERS,
+            "behavior_signal_text": SIGNAL_TEXTS,
+            "finetune": FINETUNE_MODES,
+            "precision": PRECISIONS,
+            "weights_dtype": WEIGHT_DTYPES,
+            "eval_pooling": ("all_tokens", "sink_only"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -201,6 +259,7 @@ class Config:
             "scratch_layers",
             "scratch_heads",
             "scratch_vocab_size",
+            "gradient_accumulation_steps",
         ]
         for key in positive:
             if getattr(self, key) <= 0:
@@ -222,9 +281,23 @@ class Config:
         ]:
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0, got {getattr(self, key)}")
-        for key in ("id_model", "sparsectr", "srp4ctr"):
+        for key in ("id_model", "sparsectr", "srp4ctr", "lora"):
             getattr(self, key).validate(key)
-        if self.model != "ctrsink" and (self.use_sink or self.two_stage or self.inter_sink):
+        if self.weights_dtype in ("bf16", "fp16") and self.finetune != "lora":
+            raise bad(
+                "weights_dtype",
+                f"{self.weights_dtype} weights train only their fp32 LoRA adapters; set finetune=lora (or fp32)",
+            )
+        if self.weights_dtype in ("bf16", "fp16") and self.precision != self.weights_dtype:
+            raise bad(
+                "precision", f"{self.weights_dtype} weights need precision={self.weights_dtype} (autocast)"
+            )
+        if self.model != "ctrsink" and (self.finetune != "full" or self.weights_dtype != "fp32"):
+            raise bad(
+                "finetune", f"{self.model!r} has no language model; lora and weights_dtype need model=ctrsink"
+            )
+        text_controls = self.signal_carrier != "sink" or self.behavior_signal_text != "off"
+        if self.model != "ctrsink" and (self.use_sink or self.two_stage or self.inter_sink or text_controls):
             raise bad("model", f"{self.model!r} reads ID sequences; sink options need model=ctrsink")
         if self.model != "ctrsink" and self.behavior_selection != "recent":
             raise bad("behavior_selection", f"{self.model!r} reads the most recent behaviors; use 'recent'")
@@ -232,14 +305,25 @@ class Config:
             raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         # combinations (method spec §10)
         sinkless = not self.use_sink
-        if sinkless and self.sink_signal != "off":
-            raise bad("sink_signal", f"{self.sink_signal!r} needs use_sink=true")
+        on_separator = self.signal_carrier == "separator"
+        if on_separator and self.use_sink:
+            raise bad("signal_carrier", "'separator' carries the signal without sinks; set use_sink=false")
+        if on_separator and self.sink_signal == "off":
+            raise bad("signal_carrier", "'separator' needs a sink_signal other than 'off'")
+        if on_separator and not self.separator.strip():
+            raise bad("signal_carrier", "'separator' needs a visible separator between behaviors")
+        if sinkless and not on_separator and self.sink_signal != "off":
+            raise bad("sink_signal", f"{self.sink_signal!r} needs use_sink=true or signal_carrier=separator")
         if sinkless and self.two_stage:
             raise bad("two_stage", "needs use_sink=true (stage 1 reads the history only through sinks)")
         if sinkless and self.inter_sink:
             raise bad("inter_sink", "needs use_sink=true")
         if sinkless and self.use_cls_token:
             raise bad("use_cls_token", "replaces the sink token, so it needs use_sink=true")
+        if sinkless and self.eval_pooling == "sink_only":
+            raise bad(
+                "eval_pooling", "'sink_only' pools the history's sink tokens, so it needs use_sink=true"
+            )
         if self.inter_sink and not self.split_layer:
             raise bad(
                 "inter_sink", "needs split_layer=true (the bias acts in the lower-layer per-field passes)"
@@ -254,6 +338,11 @@ class Config:
                 "prompts", f"unknown field(s) {sorted(unknown_prompts)}; known: {', '.join(PROMPT_FIELDS)}"
             )
         return self
+
+    @property
+    def mixed_precision(self) -> str:
+        """`precision` in Accelerate's words (no | bf16 | fp16), for `Accelerator(mixed_precision=...)`."""
+        return {"fp32": "no"}.get(self.precision, self.precision)
 
     @property
     def total_epochs(self) -> int:
@@ -328,6 +417,12 @@ def _coerce(key: str, value: Any, typ: Any, current: Any = None) -> Any:
         if not isinstance(value, str):
             raise CtrSinkError(f"config option '{key}': expected a string, got {value!r}")
         return value
+    if origin is list:  # a YAML list, or comma-separated text from `--set lora.targets=q_proj,v_proj`
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise CtrSinkError(f"config option '{key}': expected a list of names, got {value!r}")
+        return list(value)
     if origin is dict or (isinstance(typ, types.GenericAlias) and typ.__origin__ is dict):
         if not isinstance(value, dict):
             raise CtrSinkError(f"config option '{key}': expected a mapping, got {value!r}")
@@ -342,8 +437,28 @@ def _unknown_key(key: str, names: list[str] | None = None) -> CtrSinkError:
     return CtrSinkError(f"unknown config option '{key}'{hint}")
 
 
+def _migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """Old keys with their old meaning: `mixed_precision` (no | bf16 | fp16) becomes `precision`."""
+    if "mixed_precision" not in values:
+        return values
+    values = dict(values)
+    old = values.pop("mixed_precision")
+    if old not in LEGACY_MIXED_PRECISION:
+        allowed = ", ".join(LEGACY_MIXED_PRECISION)
+        raise CtrSinkError(
+            f"config option 'mixed_precision': {old!r} is not one of {allowed} (or use 'precision')"
+        )
+    new = LEGACY_MIXED_PRECISION[old]
+    if values.setdefault("precision", new) != new:
+        raise CtrSinkError(
+            f"config options 'mixed_precision' ({old}) and 'precision' ({values['precision']}) disagree; keep 'precision'"
+        )
+    return values
+
+
 def config_from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
     cfg = dataclasses.replace(base) if base is not None else Config()
+    values = _migrate(values)
     hints = _field_types()
     for key, value in values.items():
         if key not in hints:

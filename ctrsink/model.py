@@ -48,9 +48,13 @@ class CTRModel(nn.Module):
         n_layers = backbone.num_layers
         self.split_at = n_layers // 2 if cfg.split_layer and n_layers >= 2 else n_layers
         self.causal = backbone.spec.causal
+        # the signal replaces sink rows, or is added to separator rows (signal_carrier=separator: no sink tokens)
+        on_separator = cfg.signal_carrier == "separator"
         self.signal = (
-            SinkSignalEmbedding(cfg.sink_num_embeddings, cfg.sink_embedding_dim, h)
-            if cfg.use_sink and cfg.sink_signal != "off"
+            SinkSignalEmbedding(
+                cfg.sink_num_embeddings, cfg.sink_embedding_dim, h, mode="add" if on_separator else "replace"
+            )
+            if (cfg.use_sink or on_separator) and cfg.sink_signal != "off"
             else None
         )
         self.inter_sink = nn.ModuleDict()
@@ -83,7 +87,7 @@ class CTRModel(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
 
     def input_embeds(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-token input rows of one field: word lookup, then sink rows replaced by the signal module."""
+        """Per-token input rows of one field: word lookup, then the signal on sink rows (or added to separators)."""
         embeds = self.backbone.word_embeddings()(batch["input_ids"])
         if self.signal is not None and "sink_signal_ids" in batch:
             embeds = self.signal(embeds, batch["sink_signal_ids"])

@@ -1,4 +1,4 @@
-"""Evaluate a run on a split, or write one score per sample."""
+"""Evaluate a run on a split, or write one score per sample (pooling: the run's `eval_pooling` unless given)."""
 
 from __future__ import annotations
 
@@ -28,13 +28,31 @@ def _split_frame(data_dir: str | Path, split: str) -> tuple[pd.DataFrame, pd.Dat
 
 
 def predict(
-    run_dir: str | Path, data_dir: str | Path | None = None, split: str = "test", pooling: str = "all_tokens"
+    run_dir: str | Path, data_dir: str | Path | None = None, split: str = "test", pooling: str | None = None
 ) -> pd.DataFrame:
     """One row per sample: sample_id, user_id, item_id, label, logit, score."""
+    return _scores(run_dir, data_dir, split, pooling)[0]
+
+
+def evaluate(
+    run_dir: str | Path, data_dir: str | Path | None = None, split: str = "test", pooling: str | None = None
+) -> dict[str, Any]:
+    """CTR metrics of a run on a split, and the pooling they were scored with."""
+    scores, pooling = _scores(run_dir, data_dir, split, pooling)
+    metrics = ctr_metrics(
+        scores["label"].to_numpy(), scores["logit"].to_numpy(), scores["user_id"].to_numpy()
+    )
+    return {"run": str(run_dir), "split": split, "pooling": pooling, **metrics}
+
+
+def _scores(
+    run_dir: str | Path, data_dir: str | Path | None, split: str, pooling: str | None
+) -> tuple[pd.DataFrame, str]:
     bundle = load_run(run_dir)
+    pooling = pooling or bundle.cfg.eval_pooling
     frame, items = _split_frame(data_dir or bundle.info["data_dir"], split)
     logits = score_rows(bundle, frame.to_dict("records"), pooling=pooling)
-    return pd.DataFrame(
+    scores = pd.DataFrame(
         {
             "sample_id": frame["sample_id"].to_numpy(),
             "user_id": frame["user_id"].astype(str).to_numpy(),
@@ -44,13 +62,4 @@ def predict(
             "score": 1.0 / (1.0 + np.exp(-logits.astype(np.float64))),
         }
     )
-
-
-def evaluate(
-    run_dir: str | Path, data_dir: str | Path | None = None, split: str = "test", pooling: str = "all_tokens"
-) -> dict[str, Any]:
-    scores = predict(run_dir, data_dir, split, pooling)
-    metrics = ctr_metrics(
-        scores["label"].to_numpy(), scores["logit"].to_numpy(), scores["user_id"].to_numpy()
-    )
-    return {"run": str(run_dir), "split": split, "pooling": pooling, **metrics}
+    return scores, pooling

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ctrsink.atomic import atomic_dir, atomic_write_json
 from ctrsink.config import Config
 from ctrsink.errors import CtrSinkError
 from ctrsink.idmodels.srp4ctr import (
@@ -34,9 +35,10 @@ from ctrsink.idmodels.srp4ctr import (
     ENCODER_WEIGHTS,
     FIELDS,
     MAX_POSITIONS,
+    SRP4CTRLite,
     SRPEncoder,
 )
-from ctrsink.io import atomic_dir, atomic_write_json
+from ctrsink.sampling import load_samples
 
 log = logging.getLogger("ctrsink.pretrain")
 FORMAT = "srp4ctr-lite-encoder/1"
@@ -100,20 +102,15 @@ def pretrain(
     """Pre-train an SRPEncoder on the training split's histories; write encoder.safetensors + encoder.json."""
     from safetensors.torch import save_file
 
-    from ctrsink.data import load_sample_set
-    from ctrsink.train import _subsample  # the fine-tuning run's subset, so pre-training never sees more
-
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise CtrSinkError(f"output directory {out_dir} is not empty; pass --overwrite to replace it")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    splits, items, manifest = load_sample_set(data_dir)
-    items = items.to_pandas() if hasattr(items, "to_pandas") else items
-    train = splits["train"]
-    train = train.to_pandas() if hasattr(train, "to_pandas") else train
-    train = _subsample(train, cfg.train_samples, cfg.seed)
-    history_fields = list(manifest["history_fields"])
+    # the fine-tuning run's subset of the training split, so pre-training never sees more
+    samples = load_samples(data_dir, cfg, splits=("train",))
+    train, items, manifest = samples.frames["train"], samples.items, samples.manifest
+    history_fields = samples.history_fields
     seqs, batcher = _sequences(train, items, cfg, history_fields)
     n = len(seqs["hist_mask"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -207,6 +204,17 @@ def ensure_encoder(data_dir: str | Path, cfg: Config, run_dir: str | Path) -> Pa
             return folder
         log.info("%s was pre-trained with other settings; pre-training again", folder)
     pretrain(data_dir, cfg, folder, overwrite=True)
+    return folder
+
+
+def prepare_encoder(
+    model: SRP4CTRLite, cfg: Config, data_dir: str | Path, run_dir: str | Path
+) -> Path | None:
+    """SRP4CTR-lite's pre-step (`ctrsink.idmodels.registry`): the encoder `ensure_encoder` finds or pre-trains,
+    loaded into the fine-tuning model; None (nothing loaded) for `srp4ctr.init=random`."""
+    folder = ensure_encoder(data_dir, cfg, run_dir)
+    if folder is not None:
+        model.load_encoder(folder)
     return folder
 
 

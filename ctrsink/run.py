@@ -4,7 +4,12 @@ RUN_DIR/config.yaml            resolved config            RUN_DIR/run.json      
 RUN_DIR/backbone/config.json   backbone skeleton          RUN_DIR/tokenizer/      the tokenizer used (sink included)
 RUN_DIR/metrics.jsonl          one row per epoch/split/pooling     RUN_DIR/final_metrics.json  test at best
 RUN_DIR/checkpoint/best/model.safetensors     RUN_DIR/checkpoint/last/  model + optimizer + trainer state
+RUN_DIR/predictions_test.parquet   one logit per test sample at the best checkpoint (paired user bootstrap)
 ID rows (`model` != ctrsink) have no backbone/ or tokenizer/; SRP4CTR-lite may leave its pre-trained RUN_DIR/encoder/.
+
+Each model sits behind a family (`ctrsink.family.ModelFamily`): `TextFamily` (a language model over the rendered
+text, `CTRModel` + `Batcher`) and `IDFamily` (the ID rows, `IDModel` + `IDBatcher`); `family_of(cfg)` picks one.
+Both live here because what a family saves is part of the run directory described above.
 """
 
 from __future__ import annotations
@@ -19,25 +24,63 @@ import pandas as pd
 import torch
 from safetensors.torch import load_model
 
-from ctrsink.backbones import Backbone, backbone_from_run
+from ctrsink.backbones import Backbone, backbone_from_run, load_backbone
 from ctrsink.batches import Batcher
 from ctrsink.config import Config, load_config
 from ctrsink.errors import CtrSinkError
+from ctrsink.family import Built, ModelFamily, RowBatcher, Scorer
 from ctrsink.idmodels.common import IDModel
+from ctrsink.idmodels.registry import build_id_model, run_pre_step
 from ctrsink.idview import IDBatcher
 from ctrsink.model import CTRModel
 from ctrsink.sinks.tokens import choose_sink_token, register_sink_token
 from ctrsink.text import ITEM_FIELDS, TextRenderer
+from ctrsink.textprep import item_vectors_for, tokenizer_corpus
 
 CHECKPOINT = "model.safetensors"
+# the run directory's file and folder names, in one place (readers such as the dashboard take them from here)
+CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+FINAL_METRICS_FILE = "final_metrics.json"
+TRAIN_LOG = "train.log"
+ITEM_VECTORS_FILE = "item_vectors.npy"
+CHECKPOINT_DIR = "checkpoint"
+BEST_CHECKPOINT = "best"
+LAST_CHECKPOINT = "last"
+BACKBONE_DIR = "backbone"
+TOKENIZER_DIR = "tokenizer"
+ENCODER_DIR = "encoder"
+RUN_RECORD_FILES = (CONFIG_FILE, RUN_FILE, METRICS_FILE, FINAL_METRICS_FILE)  # what describes a run
+MODEL_DIRS = (CHECKPOINT_DIR, BACKBONE_DIR, TOKENIZER_DIR, ENCODER_DIR)  # weights, vocabularies: no records
+PREDICTIONS_TEST_FILE = "predictions_test.parquet"  # sample_id, user_id, user_code, label, logit
+EPOCH_CHECKPOINT_PREFIX = (
+    "epoch"  # checkpoint/epoch{k}: after k epochs (keep_epoch_checkpoints; 0 = before any step)
+)
+
+
+def epoch_checkpoint(k: int) -> str:
+    """Name of the checkpoint folder kept after `k` epochs (0: the weights training started from)."""
+    return f"{EPOCH_CHECKPOINT_PREFIX}{k}"
+
+
+def epoch_checkpoints(run_dir: str | Path) -> list[tuple[int, str]]:
+    """(k, name) of every per-epoch checkpoint a run kept, by k."""
+    folder = Path(run_dir) / "checkpoint"
+    found = []
+    for child in folder.glob(f"{EPOCH_CHECKPOINT_PREFIX}*") if folder.is_dir() else []:
+        k = child.name[len(EPOCH_CHECKPOINT_PREFIX) :]
+        if k.isdigit() and (child / CHECKPOINT).is_file():
+            found.append((int(k), child.name))
+    return sorted(found)
 
 
 @dataclass
 class ModelBundle:
     """Everything needed to score samples: model, batcher (renderer inside), config, run record."""
 
-    model: CTRModel | IDModel
-    batcher: Batcher | IDBatcher
+    model: Scorer
+    batcher: RowBatcher
     cfg: Config
     info: dict[str, Any]
     tokenizer: Any
@@ -70,12 +113,76 @@ def assemble_ids(
     cfg: Config, items: pd.DataFrame, history_fields: list[str]
 ) -> tuple[IDModel, IDBatcher, dict[str, Any]]:
     """ID view and ID row for one config (`model` = din | sparsectr_lite | srp4ctr_lite)."""
-    from ctrsink.idmodels.registry import build_id_model
-
     batcher = IDBatcher(items, cfg, history_fields)
     model = build_id_model(cfg, batcher.vocab)
     info = {"id_view": {"vocab": batcher.vocab.to_dict(), "max_behaviors": batcher.max_len}}
     return model, batcher, info
+
+
+class TextFamily(ModelFamily):
+    """A language model over the rendered text (`model` = ctrsink): backbone, tokenizer, sink mechanisms."""
+
+    name = "text"
+
+    def build(
+        self, cfg: Config, items: pd.DataFrame, history_fields: list[str], train: pd.DataFrame
+    ) -> Built:
+        backbone, tokenizer, info = load_backbone(cfg, tokenizer_corpus(items, train, history_fields, cfg))
+        return self._assemble(cfg, backbone, tokenizer, items, history_fields, {"backbone": info}, None)
+
+    def load(self, cfg: Config, items: pd.DataFrame, history_fields: list[str], run_dir: Path) -> Built:
+        backbone, tokenizer = backbone_from_run(run_dir)
+        cached = run_dir / ITEM_VECTORS_FILE
+        return self._assemble(cfg, backbone, tokenizer, items, history_fields, {}, cached)
+
+    def _assemble(
+        self,
+        cfg: Config,
+        backbone: Backbone,
+        tokenizer: Any,
+        items: pd.DataFrame,
+        history_fields: list[str],
+        record: dict[str, Any],
+        cached_vectors: Path | None,
+    ) -> Built:
+        vectors = item_vectors_for(cfg, items, cached_vectors)
+        model, batcher, sink_info = assemble(cfg, backbone, tokenizer, items, history_fields, vectors)
+        return Built(model, batcher, {**record, **sink_info}, tokenizer, {"item_vectors": vectors})
+
+    def save(self, built: Built, run_dir: Path) -> None:
+        if built.extras.get("item_vectors") is not None:
+            np.save(run_dir / ITEM_VECTORS_FILE, built.extras["item_vectors"])
+        built.model.backbone.model.config.save_pretrained(run_dir / BACKBONE_DIR)
+        built.tokenizer.save_pretrained(run_dir / TOKENIZER_DIR)
+
+
+class IDFamily(ModelFamily):
+    """The ID-based comparison rows (`model` = din | sparsectr_lite | srp4ctr_lite): nothing to save beside the
+    checkpoint; a row may ask for a pre-step (`ctrsink.idmodels.registry`)."""
+
+    name = "id"
+    kept_on_restart = (ENCODER_DIR,)  # SRP4CTR-lite's pre-step reuses a pre-trained encoder when it matches
+
+    def build(
+        self, cfg: Config, items: pd.DataFrame, history_fields: list[str], train: pd.DataFrame
+    ) -> Built:
+        return self._assemble(cfg, items, history_fields)
+
+    def load(self, cfg: Config, items: pd.DataFrame, history_fields: list[str], run_dir: Path) -> Built:
+        return self._assemble(cfg, items, history_fields)
+
+    def _assemble(self, cfg: Config, items: pd.DataFrame, history_fields: list[str]) -> Built:
+        model, batcher, id_info = assemble_ids(cfg, items, history_fields)
+        backbone = {"name": cfg.model, "family": "id", "text": False}
+        return Built(model, batcher, {"backbone": backbone, **id_info})
+
+    def prepare(self, built: Built, cfg: Config, data_dir: Path, run_dir: Path) -> None:
+        run_pre_step(built.model, cfg, data_dir, run_dir)
+
+
+def family_of(cfg: Config) -> ModelFamily:
+    """The family that builds `cfg.model`."""
+    return TextFamily() if cfg.model == "ctrsink" else IDFamily()
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -98,31 +205,24 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> ModelBundle:
         raise CtrSinkError(f"missing checkpoint {weights}")
     _, items, _ = load_sample_set(info["data_dir"])
     items = items.to_pandas() if hasattr(items, "to_pandas") else items
-    if cfg.model != "ctrsink":
-        id_model, id_batcher, _ = assemble_ids(cfg, items, info["history_fields"])
-        load_model(id_model, str(weights), strict=True)
-        id_model.eval()
-        return ModelBundle(id_model, id_batcher, cfg, info, None)
-    backbone, tokenizer = backbone_from_run(run_dir)
-    vectors = (
-        np.load(run_dir / "item_vectors.npy", allow_pickle=False)
-        if (run_dir / "item_vectors.npy").is_file()
-        else None
-    )
-    model, batcher, _ = assemble(cfg, backbone, tokenizer, items, info["history_fields"], vectors)
-    load_model(model, str(weights), strict=True)
-    model.eval()
-    return ModelBundle(model, batcher, cfg, info, tokenizer)
+    built = family_of(cfg).load(cfg, items, info["history_fields"], run_dir)
+    load_model(built.model, str(weights), strict=True)
+    built.model.eval()
+    return ModelBundle(built.model, built.batcher, cfg, info, built.tokenizer)
 
 
 @torch.no_grad()
 def score_rows(
     bundle: ModelBundle,
     rows: list[dict[str, Any]],
-    pooling: str = "all_tokens",
+    pooling: str | None = None,
     batch_size: int | None = None,
 ) -> np.ndarray:
-    """Logits for sample rows (dicts in the sample schema). The public scoring API (what-if tools use it)."""
+    """Logits for sample rows (dicts in the sample schema). The public scoring API (what-if tools use it).
+
+    `pooling` defaults to the run's `eval_pooling` (the pooling its checkpoint was selected and tested with).
+    """
+    pooling = pooling or bundle.cfg.eval_pooling
     bs = batch_size or bundle.cfg.eval_batch_size
     out = []
     for i in range(0, len(rows), bs):

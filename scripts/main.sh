@@ -30,5 +30,5 @@ sinkviz figures --analysis "$OUT/ctrsink/analysis" --compare "$OUT/baseline/anal
 echo "figures in $OUT/figures"
 [ -n "${NO_DASHBOARD:-}" ] && exit 0
 echo "dashboard: http://localhost:${PORT:-8501}  (Ctrl-C to stop)"
-exec streamlit run app/app.py --server.headless true --server.port "${PORT:-8501}" \
-  --browser.gatherUsageStats false -- --root "$OUT"
+exec streamlit run app/app.py --server.headless true --server.address "${ADDRESS:-127.0.0.1}" \
+  --server.port "${PORT:-8501}" --browser.gatherUsageStats false -- --root "$OUT" ${READ_ONLY:+--read-only}

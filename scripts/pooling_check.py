@@ -10,7 +10,7 @@ import torch
 from ctrsink.data import load_sample_set
 from ctrsink.metrics import ctr_metrics
 from ctrsink.run import load_run, score_rows
-from ctrsink.train import _subsample
+from ctrsink.sampling import subsample as _subsample
 
 torch.set_num_threads(2)
 splits, _, _ = load_sample_set("runs/data/mls")

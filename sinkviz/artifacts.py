@@ -1,7 +1,8 @@
 """Analysis artifacts on disk: a versioned manifest, tidy Parquet tables, matrices in safetensors.
 
 ANALYSIS_DIR/manifest.json              what was analysed (run, data, family, layers, heads, roles, fields, anchor)
-ANALYSIS_DIR/<table>.parquet            role_mass, entropy, sink_metric, behavior_map, inter_sink, tokens, predictions
+ANALYSIS_DIR/<table>.parquet            role_mass, entropy, sink_metric, behavior_map, inter_sink, tokens, predictions,
+                                        kept (which stored behavior is kept behavior k, per sample and field)
 ANALYSIS_DIR/matrices.safetensors       `{inter_sink|behavior_map|affinity}/{field}/{sum|count}`
 ANALYSIS_DIR/full_maps.safetensors      `{sample_id}/{field}/{layer}` -> (H, T, T) for the chosen samples
 ID-row analyses (kind "id_rows", `sinkviz.idrows`): manifest.json and the Parquet tables of `ID_TABLE_COLUMNS`.
@@ -23,11 +24,13 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save
 
+from ctrsink.atomic import atomic_dir
 from ctrsink.errors import CtrSinkError
-from ctrsink.io import atomic_dir
 from sinkviz.reduce import SINK_METRIC_COLUMNS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# version 1 folders lack the `kept` table and are still read (readers fall back for the mapping it holds)
+READABLE_SCHEMA_VERSIONS = (1, 2)
 KIND = "sinkviz.analysis"
 MANIFEST = "manifest.json"
 MATRICES = "matrices.safetensors"
@@ -41,6 +44,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "inter_sink": ("field", "layer", "head", "query_anchor", "key_anchor", "mass", "count"),
     "tokens": ("sample_id", "field", "position", "token_id", "token", "role", "behavior_index"),
     "predictions": ("sample_id", "user_id", "label", "logit"),
+    # FieldEncoding.kept: kept behavior k (the index of every other table) is stored behavior `stored_index`
+    "kept": ("sample_id", "field", "behavior", "stored_index"),
 }
 MANIFEST_KEYS = (
     "kind",
@@ -194,10 +199,12 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             else f"{file}: not a sinkviz analysis manifest"
         )
     version = record.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
+        older = ", ".join(str(v) for v in READABLE_SCHEMA_VERSIONS if v != SCHEMA_VERSION)
         raise AnalysisError(
             f"{folder}: analysis schema version {version!r} is not readable by this sinkviz (reads version "
-            f"{SCHEMA_VERSION}); re-run `sinkviz capture` with this version, or use the sinkviz that wrote it"
+            f"{SCHEMA_VERSION} and the older {older}); re-run `sinkviz capture` with this version, or use the "
+            "sinkviz that wrote it"
         )
     return record
 

@@ -31,8 +31,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ctrsink.atomic import atomic_write_bytes, atomic_write_json
 from ctrsink.errors import CtrSinkError
-from ctrsink.io import atomic_write_bytes, atomic_write_json
 from ctrsink.model import CTRModel
 from ctrsink.text import ROLE_ID, ROLES
 

@@ -227,6 +227,21 @@ def token_table(analysis: AttentionAnalysis, tokenizer: Any) -> pd.DataFrame:
     )
 
 
+def kept_table(batcher: Any, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per sample, history field and kept behavior k: the stored-history index the model read (`FieldEncoding.kept`).
+
+    The batcher's own selection (recent or by similarity, then truncation to the token budget) decides it, so
+    readers map behavior k to the stored history without re-deriving the selection rule.
+    """
+    out = []
+    for row in rows:
+        encodings = batcher.encode(dict(row))["enc"]
+        for fld in batcher.renderer.history_fields:
+            out += [(int(row["sample_id"]), fld, k, int(j)) for k, j in enumerate(encodings[fld].kept)]
+    frame = pd.DataFrame(out, columns=["sample_id", "field", "behavior", "stored_index"])
+    return frame.astype({"sample_id": "int64", "behavior": "int64", "stored_index": "int64"})
+
+
 def capture_run(
     run_dir: str | Path,
     data_dir: str | Path | None,
@@ -239,13 +254,14 @@ def capture_run(
     eps: Sequence[float] = (0.3,),
     seed: int = 0,
     checkpoint: str = "best",
-    pooling: str = "all_tokens",
+    pooling: str | None = None,
 ) -> Path:
     """Analyse `samples` rows of `split` (seeded choice, 0 = all) of a run; write the analysis folder `out_dir`.
 
     Full token-level maps are kept for the first `full_maps` analysed samples.
     """
     bundle = load_run(run_dir, checkpoint=checkpoint)
+    pooling = pooling or bundle.cfg.eval_pooling  # the pooling the run was selected and tested with
     data_dir = data_dir or bundle.info["data_dir"]
     frame = choose_samples(_split_frame(data_dir, split), samples, seed)
     if frame.empty:
@@ -258,6 +274,7 @@ def capture_run(
     model, backbone = bundle.model, bundle.model.backbone
     tables = analysis.tables()
     tables["tokens"] = token_table(analysis, bundle.tokenizer)
+    tables["kept"] = kept_table(bundle.batcher, rows)
     tables["predictions"] = pd.DataFrame(
         {
             "sample_id": frame["sample_id"].to_numpy(),

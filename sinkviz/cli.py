@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _capture(args: argparse.Namespace) -> None:
@@ -23,17 +24,31 @@ def _capture(args: argparse.Namespace) -> None:
         )
         print(f"wrote ID-row analysis to {out}")
         return
-    out = capture_run(
-        args.run,
-        args.data,
-        args.split,
-        args.samples,
-        args.out,
-        batch_size=args.batch_size,
-        full_maps=args.full_maps,
-        seed=args.seed,
-    )
-    print(f"wrote analysis to {out}")
+    if args.every_epoch:
+        from ctrsink.errors import CtrSinkError
+        from ctrsink.run import epoch_checkpoints
+
+        kept = epoch_checkpoints(args.run)
+        if not kept:
+            raise CtrSinkError(
+                f"{args.run} kept no per-epoch checkpoints; train it with --set keep_epoch_checkpoints=true"
+            )
+        targets = [(name, Path(args.out) / name) for _, name in kept]  # OUT/epoch0, OUT/epoch1, ...
+    else:
+        targets = [(args.checkpoint, Path(args.out))]
+    for checkpoint, out_dir in targets:
+        out = capture_run(
+            args.run,
+            args.data,
+            args.split,
+            args.samples,
+            out_dir,
+            batch_size=args.batch_size,
+            full_maps=args.full_maps,
+            seed=args.seed,
+            checkpoint=checkpoint,
+        )
+        print(f"wrote analysis to {out}")
 
 
 def _attribute(args: argparse.Namespace) -> None:
@@ -90,6 +105,114 @@ def _figures(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} files to {args.out}")
 
 
+def _study_options(args: argparse.Namespace) -> dict:
+    """open_study options shared by the inference-time studies; bad values become one-line errors."""
+    from ctrsink.errors import CtrSinkError
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CtrSinkError(f"option '--batch-size': {args.batch_size} is not a positive number")
+    return {"data_dir": args.data, "checkpoint": args.checkpoint, "batch_size": args.batch_size}
+
+
+def _positive(name: str, value: int) -> None:
+    from ctrsink.errors import CtrSinkError
+
+    if value < 1:
+        raise CtrSinkError(f"option '{name}': {value} is not a positive number")
+
+
+def _intervene(args: argparse.Namespace) -> None:
+    from ctrsink.errors import CtrSinkError
+    from sinkviz.interventions import KINDS, intervene
+
+    _positive("--n-boot", args.n_boot)
+    kinds = _csv(args.only) if args.only else None
+    unknown = sorted(set(kinds or []) - set(KINDS))
+    if unknown:
+        raise CtrSinkError(
+            f"option '--only': unknown intervention(s) {', '.join(unknown)}; known: {', '.join(KINDS)}"
+        )
+    table = intervene(
+        args.run,
+        args.split,
+        args.samples,
+        args.out,
+        seed=args.seed,
+        heads=not args.no_heads,
+        kinds=kinds,
+        n_boot=args.n_boot,
+        **_study_options(args),
+    )
+    shown = table[table["kind"] != "head_mean"]
+    print(shown[["intervention", "delta_auc", "lo_auc", "hi_auc", "delta_abs_score"]].to_string(index=False))
+    print(f"wrote {len(table)} interventions to {args.out}")
+
+
+def _rollout(args: argparse.Namespace) -> None:
+    from sinkviz.rollout import attention_rollout
+
+    table = attention_rollout(
+        args.run, args.split, args.samples, args.out, seed=args.seed, **_study_options(args)
+    )
+    print(f"wrote rollout of {table['sample_id'].nunique()} samples to {args.out}")
+
+
+def _faithfulness(args: argparse.Namespace) -> None:
+    from sinkviz.faithfulness import faithfulness_curves
+
+    for name in ("--max-k", "--n-steps", "--n-boot"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.random_draws < 0:
+        _positive("--random-draws", args.random_draws)
+    table = faithfulness_curves(
+        args.run,
+        args.split,
+        args.samples,
+        args.out,
+        max_k=args.max_k,
+        random_draws=args.random_draws,
+        n_steps=args.n_steps,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        **_study_options(args),
+    )
+    wide = table.pivot_table(index=["measure", "k"], columns="method", values="mean")
+    print(wide.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote deletion curves to {args.out}")
+
+
+def _heads(args: argparse.Namespace) -> None:
+    from sinkviz.heads import head_roles
+
+    table = head_roles(
+        args.run,
+        args.split,
+        args.samples,
+        args.out,
+        threshold=args.threshold,
+        seed=args.seed,
+        **_study_options(args),
+    )
+    grid = table[table["field"] == "history"].pivot(index="layer", columns="head", values="role")
+    print(grid.to_string())
+    print(f"wrote head roles to {args.out}")
+
+
+def _study_parser(
+    sub: argparse._SubParsersAction, name: str, help_text: str, samples: int
+) -> argparse.ArgumentParser:
+    s = sub.add_parser(name, help=help_text)
+    s.add_argument("--run", required=True)
+    s.add_argument("--data", help="sample directory (default: the one the run was trained on)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--samples", type=int, default=samples, help="how many samples (0 = the whole split)")
+    s.add_argument("--out", required=True, help="results folder (an analysis folder works too)")
+    s.add_argument("--batch-size", type=int, dest="batch_size")
+    s.add_argument("--seed", type=int, default=0, help="sample choice seed (same as capture's)")
+    s.add_argument("--checkpoint", default="best")
+    return s
+
+
 def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -118,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--seed", type=int, default=0, help="sample choice seed (ID runs: also the other candidate)"
+    )
+    s.add_argument(
+        "--checkpoint", default="best", help="best | last | epoch{k} (keep_epoch_checkpoints runs)"
+    )
+    s.add_argument(
+        "--every-epoch",
+        action="store_true",
+        dest="every_epoch",
+        help="one analysis per kept epoch checkpoint, in OUT/epoch{k} (k = 0: before training)",
     )
     s.set_defaults(fn=_capture)
 
@@ -168,6 +300,33 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layer", type=int, help="layer of the fragmentation figure (default: last token layer)")
     f.add_argument("--formats", default="png,pdf")
     f.set_defaults(fn=_figures)
+
+    i = _study_parser(
+        sub,
+        "intervene",
+        "score samples with one component taken away (sinks, signals, bias, keys, heads)",
+        256,
+    )
+    i.add_argument("--only", help="comma-separated intervention kinds (default: all)")
+    i.add_argument(
+        "--no-heads", action="store_true", dest="no_heads", help="skip the layer x head mean-ablation grid"
+    )
+    i.add_argument("--n-boot", type=int, default=1000, dest="n_boot", help="bootstrap replicates over users")
+    i.set_defaults(fn=_intervene)
+
+    r = _study_parser(sub, "rollout", "attention rollout and raw attention per layer to each behavior", 256)
+    r.set_defaults(fn=_rollout)
+
+    fa = _study_parser(sub, "faithfulness", "deletion curves of attention, rollout, IG and occlusion", 64)
+    fa.add_argument("--max-k", type=int, default=5, dest="max_k", help="largest number of behaviors deleted")
+    fa.add_argument("--random-draws", type=int, default=3, dest="random_draws")
+    fa.add_argument("--n-steps", type=int, default=16, dest="n_steps", help="integrated gradients steps")
+    fa.add_argument("--n-boot", type=int, default=1000, dest="n_boot", help="bootstrap replicates over users")
+    fa.set_defaults(fn=_faithfulness)
+
+    h = _study_parser(sub, "heads", "classify each head by where its attention mass goes", 256)
+    h.add_argument("--threshold", type=float, default=0.5, help="mass share that makes a role (else mixed)")
+    h.set_defaults(fn=_heads)
     return p
 
 

@@ -6,7 +6,8 @@ role_mass        attention mass per layer on sinks, separators and content (base
 inter_sink       attention among anchors (sinks, or separators without sinks) per layer, mean over heads
 fragmentation    one sample's token-level attention map per run, behavior spans outlined
 attributions     per-behavior attributions of one sample (integrated gradients and occlusion), |attr| share by role
-ablation_auc     AUC per variant and stage (best validation AUC per stage, test AUC at the best epoch)
+ablation_auc     AUC per variant and stage (best validation AUC per stage, test AUC at the best epoch) and test gAUC,
+                 error bars: the 95% t-interval over seeds of the ablation table (`ctrsink.intervals.t_interval`)
 
 Analyses are read only through `sinkviz.artifacts.load_analysis`.
 """
@@ -23,8 +24,9 @@ import pandas as pd
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
+from ctrsink.atomic import atomic_write_bytes
 from ctrsink.errors import CtrSinkError
-from ctrsink.io import atomic_write_bytes
+from ctrsink.intervals import T_INTERVAL, t_interval
 from sinkviz.artifacts import Analysis, load_analysis
 from sinkviz.views import ROLE_COLORS, mass_by_layer, sample_maps, sample_tokens, token_groups_np
 
@@ -279,53 +281,80 @@ def fig_attributions(attributions: pd.DataFrame, sample_id: int | None = None) -
 
 
 def ablation_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per variant and stage: mean/std over seeds of the best validation AUC per stage and pooling, and of the test
-    AUC at the best epoch. -> variant, stage, auc_mean, auc_std, seeds."""
+    """Per variant and stage: mean and 95% t-interval over seeds (`ctrsink.intervals.t_interval`, the interval of
+    the ablation table and the dashboard) of the AUC and gAUC at the epoch with the best validation AUC per stage
+    and pooling, and at the best epoch on test. -> variant, stage, auc_mean, auc_ci95, gauc_mean, gauc_ci95, seeds
+    (gAUC NaN when the table has none)."""
     missing = [c for c in ABLATION_COLUMNS if c not in table.columns]
     if missing:
         raise CtrSinkError(f"ablation table lacks column(s) {', '.join(missing)}")
+    table = table if "gauc" in table.columns else table.assign(gauc=np.nan)
     valid = table[(table["split"] == "valid") & (table["stage"] != "best")]
     pooling = np.where(valid["pooling"] == "all_tokens", "", ", " + valid["pooling"].astype(str) + " pooling")
     valid = valid.assign(label="valid, " + valid["stage"].astype(str) + " epochs" + pooling)
-    per_seed = valid.groupby(["variant", "label", "seed"], sort=False)["auc"].max().reset_index()
-    test = table[(table["split"] == "test") & (table["stage"] == "best")].assign(label="test (best epoch)")
-    per_seed = pd.concat([per_seed, test[["variant", "label", "seed", "auc"]]], ignore_index=True)
-    out = (
-        per_seed.groupby(["variant", "label"], sort=False)["auc"]
-        .agg(auc_mean="mean", auc_std="std", seeds="count")
-        .reset_index()
-        .rename(columns={"label": "stage"})
+    best = (
+        valid.loc[valid.groupby(["variant", "label", "seed"], sort=False)["auc"].idxmax()]
+        if len(valid)
+        else valid
     )
-    return out
+    test = table[(table["split"] == "test") & (table["stage"] == "best")].assign(label="test (best epoch)")
+    per_seed = pd.concat([best, test], ignore_index=True)
+    rows = []
+    for (variant, label), part in per_seed.groupby(["variant", "label"], sort=False):
+        row = {"variant": variant, "stage": label, "seeds": int(part["auc"].notna().sum())}
+        for metric in ("auc", "gauc"):
+            row[f"{metric}_mean"], row[f"{metric}_ci95"] = t_interval(part[metric].to_numpy(dtype=float))
+        rows.append(row)
+    columns = ["variant", "stage", "auc_mean", "auc_ci95", "gauc_mean", "gauc_ci95", "seeds"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def fig_ablation(table: pd.DataFrame) -> Figure:
-    """Grouped bars: AUC per variant (x) and stage (colour), error bars = std over seeds."""
+    """Left: AUC per variant (x) and stage (colour); right: test gAUC per variant. Error bars: 95% t-interval over
+    seeds (none with one seed)."""
     summary = ablation_summary(table)
     variants = list(dict.fromkeys(table["variant"]))
     stages = list(dict.fromkeys(summary["stage"]))
     stages = [s for s in stages if not s.startswith("test")] + [s for s in stages if s.startswith("test")]
-    fig = Figure(layout="constrained", figsize=(max(6.0, 1.2 * len(variants) + 2), 4.2))
-    ax = fig.subplots()
+    fig = Figure(
+        layout="constrained", figsize=(max(6.0, 1.2 * len(variants) + 2) + 0.5 * len(variants) + 2, 4.2)
+    )
+    ax, gax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / max(len(stages), 1)
     for i, stage in enumerate(stages):
         part = summary[summary["stage"] == stage].set_index("variant").reindex(variants)
         x = np.arange(len(variants)) + i * width
-        bars = ax.bar(x, part["auc_mean"], width, yerr=part["auc_std"].fillna(0), capsize=2, label=stage)
+        bars = ax.bar(x, part["auc_mean"], width, yerr=part["auc_ci95"].fillna(0), capsize=2, label=stage)
         if stage.startswith("test"):
             ax.bar_label(
                 bars, labels=[f"{v:.3f}" if np.isfinite(v) else "" for v in part["auc_mean"]], fontsize=6
             )
-    values = summary["auc_mean"].dropna()
-    if len(values):
-        ax.set_ylim(max(0.0, float(values.min()) - 0.03), min(1.0, float(values.max()) + 0.03))
+    _ylim(ax, summary["auc_mean"])
     ax.set_xticks(np.arange(len(variants)) + width * (len(stages) - 1) / 2, variants, rotation=30, ha="right")
     ax.set_ylabel("AUC")
     seeds = int(summary["seeds"].max()) if len(summary) else 0
-    ax.set_title(f"AUC per variant and stage (mean ± std over {seeds} seed(s))")
+    ax.set_title(
+        f"AUC per variant and stage (mean over {seeds} seed(s), error bars: {T_INTERVAL})", fontsize=9
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
+    test = summary[summary["stage"].str.startswith("test")].set_index("variant").reindex(variants)
+    bars = gax.bar(
+        np.arange(len(variants)), test["gauc_mean"], 0.6, yerr=test["gauc_ci95"].fillna(0), capsize=2
+    )
+    gax.bar_label(bars, labels=[f"{v:.3f}" if np.isfinite(v) else "" for v in test["gauc_mean"]], fontsize=6)
+    _ylim(gax, test["gauc_mean"])
+    gax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
+    gax.set_ylabel("gAUC")
+    gax.set_title("test gAUC (best epoch)", fontsize=9)
+    gax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def _ylim(ax, values: pd.Series) -> None:
+    values = values.dropna()
+    if len(values):
+        ax.set_ylim(max(0.0, float(values.min()) - 0.03), min(1.0, float(values.max()) + 0.03))
 
 
 # ------------------------------------------------------------------------------------------------ driver

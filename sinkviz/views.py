@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ctrsink.atomic import atomic_write_text
 from ctrsink.errors import CtrSinkError
-from ctrsink.io import atomic_write_text
 from ctrsink.text import ROLE_ID
 from sinkviz.artifacts import Analysis
 

@@ -1,9 +1,10 @@
 """A small dashboard root built on the bundled sample data, shared by the AppTest and browser tests.
 
+Laid out like `scripts/main.sh` lays out runs/demo (analyses inside the run folders):
 ROOT/data/                     prepared sample set (`ctrsink.data.prepare` on sample_data/synthetic)
 ROOT/baseline/, ROOT/ctrsink/  one tiny trained run each (2 epochs) (no sinks; sinks + time-gap signal + inter-sink bias)
+ROOT/{baseline,ctrsink}/analysis/  `sinkviz capture` folders; the sink one also holds attributions
 ROOT/ablation/                 a tiny grid (baseline and the two-stage sink variant, two seeds)
-ROOT/analysis/{baseline,ctrsink}/  `sinkviz capture` folders; the sink one also holds attributions
 
 Built once per test session (a marker file says it is complete), so both test modules share it.
 Run `python tests/app_fixture.py OUT` to build one by hand and point the dashboard at it.
@@ -12,6 +13,7 @@ Run `python tests/app_fixture.py OUT` to build one by hand and point the dashboa
 from __future__ import annotations
 
 import base64
+import json
 import os
 import sys
 import threading
@@ -39,11 +41,13 @@ ABLATION_VARIANTS = ["baseline", "sink+signal+two_stage"]
 ABLATION_SEEDS = [1, 2]
 CAPTURE_SAMPLES = 16
 FULL_MAPS = 2
+ANALYSIS = "analysis"  # inside each run folder, as scripts/main.sh writes it
 _lock = threading.Lock()
 
 
-def build(root: str | Path) -> Path:
-    """Build the fixture root (idempotent: a complete root is returned as is)."""
+def build(root: str | Path, with_ablation: bool = True) -> Path:
+    """Build the fixture root (idempotent: every step is skipped when its output exists; a complete root is
+    returned as is). `with_ablation=False` stops before the grid, for tests that need only the two runs."""
     import torch
 
     from ctrsink.ablate import ablate
@@ -67,32 +71,47 @@ def build(root: str | Path) -> Path:
         run = root / name
         if not (run / "final_metrics.json").is_file():
             train(data, load_config(None, TINY + extra), run, overwrite=True)
-        out = root / "analysis" / name
+        out = root / name / ANALYSIS
         if not (out / "manifest.json").is_file():
             capture_run(
                 run, data, "test", CAPTURE_SAMPLES, out, batch_size=CAPTURE_SAMPLES, full_maps=FULL_MAPS
             )
     # the same seeded choice as capture: the full-map samples come first, so they have attributions too
-    if not (root / "analysis" / "ctrsink" / "attributions.parquet").is_file():
+    if not (root / "ctrsink" / ANALYSIS / "attributions.parquet").is_file():
         attribute_run(
             root / "ctrsink",
             data,
             "test",
             CAPTURE_SAMPLES,
-            root / "analysis" / "ctrsink",
+            root / "ctrsink" / ANALYSIS,
             n_steps=4,
             batch_size=CAPTURE_SAMPLES,
         )
+    if not with_ablation:
+        return root
     if not (root / "ablation" / "ablation.parquet").is_file():
         ablate(data, load_config(None, TINY), ABLATION_VARIANTS, ABLATION_SEEDS, root / "ablation")
     (root / DONE).write_text("ok\n", encoding="utf-8")
     return root
 
 
-def session_root(base: Path) -> Path:
+def set_manifest(folder: Path, **values: str) -> None:
+    """Change keys of an analysis folder's manifest.json."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, **values}))
+
+
+def relocate(run: Path, data: Path) -> None:
+    """Point a copied run's run.json and its analysis' manifest at the copies (they name the originals)."""
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "data_dir": str(data)}))
+    set_manifest(run / ANALYSIS, run_dir=str(run), data_dir=str(data))
+
+
+def session_root(base: Path, with_ablation: bool = True) -> Path:
     """The session's fixture root under pytest's base temp folder (built on first use)."""
     with _lock:
-        return build(base / "app_root")
+        return build(base / "app_root", with_ablation)
 
 
 def decoded(value):

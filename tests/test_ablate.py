@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from ctrsink.ablate import TABLE_COLUMNS, VARIANTS, ablate, run_dir_name, summarize, variant_config
+from ctrsink.ablate import (
+    TABLE_COLUMNS,
+    VARIANTS,
+    ablate,
+    run_dir_name,
+    summarize,
+    summarize_dir,
+    summary_table,
+    variant_config,
+)
 from ctrsink.config import load_config
 from ctrsink.errors import CtrSinkError
 
@@ -64,7 +74,16 @@ def test_grid_writes_tidy_table_and_resumes(data: Path, tmp_path: Path) -> None:
     assert {"sink_only", "all_tokens"} <= set(table.loc[table["variant"] == "full", "stage"])
     assert pd.read_parquet(out / "ablation.parquet").shape == table.shape
     summary = (out / "summary.md").read_text()
-    assert "| full | 2 |" in summary and "Δ AUC vs baseline" in summary
+    assert "| full | 2 |" in summary and "Δ AUC vs baseline" in summary and "Δ gAUC" in summary
+    assert "t-interval over seeds" in summary and "bootstrap over test users" in summary
+    # every Δ carries the paired user bootstrap, whose Δ is the table's (the predictions are the evaluated rows)
+    boot = pd.read_parquet(out / "bootstrap.parquet").set_index("metric")
+    assert set(boot["variant"]) == {"full"} and set(boot.index) == {"auc", "gauc", "logloss"}
+    s = summary_table(table, intervals=pd.read_parquet(out / "bootstrap.parquet")).set_index("variant")
+    for metric in ("auc", "gauc", "logloss"):
+        assert s.at["full", f"{metric}_diff_boot"] == pytest.approx(s.at["full", f"{metric}_diff"], abs=1e-5)
+        assert s.at["full", f"{metric}_diff_lo"] <= s.at["full", f"{metric}_diff_hi"]
+    assert summary.count(" [") >= 3 and "| baseline | 2 |" in summary
     # the same seed gives the same data and start for every variant: identical sample counts
     assert test_rows.groupby("variant")["n"].first().nunique() == 1
 
@@ -82,3 +101,23 @@ def test_grid_writes_tidy_table_and_resumes(data: Path, tmp_path: Path) -> None:
         atol=1e-6,
     )
     assert summarize(again).startswith("| variant |")
+
+    # runs trained before training wrote their test predictions: scored again on the same rows, and cached
+    pred_file = out / "runs" / run_dir_name("full", 1) / "predictions_test.parquet"
+    written = pd.read_parquet(pred_file)
+    pred_file.unlink()
+    (out / "bootstrap.parquet").unlink()
+    assert summarize_dir(out) == (out / "summary.md").read_text()
+    again = pd.read_parquet(pred_file)
+    assert again["sample_id"].tolist() == written["sample_id"].tolist()
+    assert again["user_id"].tolist() == written["user_id"].tolist()
+    np.testing.assert_allclose(again["logit"], written["logit"], atol=1e-4)
+
+
+def test_control_variants_run_in_a_grid(data: Path, tmp_path: Path) -> None:
+    base = load_config(None, [*TINY, "epochs=1"])
+    variants = ["baseline", "carrier:separator+time_gap", "text:time_gap"]
+    table = ablate(data, base, variants, [1], tmp_path / "grid")
+    assert set(table["variant"]) == set(variants)
+    summary = (tmp_path / "grid" / "summary.md").read_text()
+    assert "| carrier:separator+time_gap | 1 |" in summary and "| text:time_gap | 1 |" in summary

@@ -1,8 +1,11 @@
-"""The Streamlit dashboard under AppTest, on a small fixture root (tests/app_fixture.py).
+"""The Streamlit dashboard under AppTest, on a small fixture root laid out like runs/demo (tests/app_fixture.py).
 
 Every page is opened and its charts' data are checked against the artifacts (not only that something rendered);
-empty, unknown-schema and broken-artifact states; the what-if rescoring equals `score_rows` on the edited row;
-the ablation toggles start a real background `ctrsink ablate` whose results the page then shows.
+discovery finds analyses wherever the toolkit writes them and attributes each to its run; empty, unknown-schema and
+broken-artifact states; the what-if rescoring equals `score_rows` on the edited row; a `behavior_selection=
+similarity` run marks and attributes the behaviors the model kept (from the analysis' `kept` table, or the run's
+batcher for older analyses); the ablation toggles start a real background `ctrsink ablate` whose results the page
+then shows. Refusals (paths outside the root, free-text overrides, read-only) are in test_app_safety.py.
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from app_fixture import ABLATION_SEEDS, decoded, session_root
+from app_fixture import (
+    ABLATION_SEEDS,
+    ANALYSIS,
+    CAPTURE_SAMPLES,
+    FULL_MAPS,
+    TINY,
+    decoded,
+    relocate,
+    session_root,
+    set_manifest,
+)
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,11 +91,61 @@ def test_discovery_classifies_the_fixture(root: Path) -> None:
     members = [r for r in found.runs if r.group == "ablation"]
     assert len(members) == 2 * len(ABLATION_SEEDS)
     assert [a.name for a in found.ablations] == ["ablation"]
-    assert [a.name for a in found.analyses] == ["analysis/baseline", "analysis/ctrsink"]
+    # analyses inside run folders (where scripts/main.sh writes them), each attributed to its run
+    assert [a.name for a in found.analyses] == ["baseline/analysis", "ctrsink/analysis"]
+    assert [a.run for a in found.analyses] == [(root / "baseline").resolve(), (root / "ctrsink").resolve()]
+    assert [a.run_note for a in found.analyses] == [None, None]
     assert [d.name for d in found.data] == ["data"] and [a.name for a in found.attributions] == [
-        "analysis/ctrsink"
+        "ctrsink/analysis"
     ]
+    assert not found.refused
     assert not discover.find_artifacts(root / "missing").exists
+
+
+def test_discovery_finds_analyses_where_the_toolkit_writes_them(tmp_path: Path) -> None:
+    """The layout of scripts/main.sh (runs/demo): analyses inside run folders, inside an ablation's runs, and
+    beside them (the comparison row's analysis of an ablation member), each attributed to its run."""
+    root = tmp_path / "demo"
+
+    def write(rel: str, record: dict | None = None) -> Path:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(json.dumps(record or {}))
+        return (root / rel).parent
+
+    def analysis(rel: str, run: Path | str, kind: str = "sinkviz.analysis") -> None:
+        write(f"{rel}/manifest.json", {"kind": kind, "run_dir": str(run)})
+
+    write("data/manifest.json", {"history_fields": ["pos", "neg"]})
+    write("data/items.parquet")
+    for run in ("baseline", "ctrsink", "ablation/runs/baseline/seed1", "ablation/runs/sparsectr_lite/seed1"):
+        write(f"{run}/run.json")
+    write("ablation/grid.json", {"variants": ["baseline", "sparsectr_lite"], "seeds": [1]})
+    analysis("baseline/analysis", root / "baseline")
+    analysis("ctrsink/analysis", "/moved/elsewhere/ctrsink")  # a stale path: the run folder holding it
+    analysis("ablation/runs/baseline/seed1/analysis", root / "ablation/runs/baseline/seed1")
+    analysis("sparsectr_lite/analysis", root / "ablation/runs/sparsectr_lite/seed1", kind="id_rows")
+    analysis("compare/ctrsink", root / "ctrsink")  # beside the runs
+    analysis("ctrsink/checkpoint/best/not_this", root / "ctrsink")  # model folders are never walked
+    (root / "figures").mkdir()
+
+    found = discover.find_artifacts(root)
+    runs = {a.name: a.run.relative_to(root.resolve()).as_posix() for a in found.analyses + found.id_rows}
+    assert runs == {
+        "ablation/runs/baseline/seed1/analysis": "ablation/runs/baseline/seed1",
+        "baseline/analysis": "baseline",
+        "compare/ctrsink": "ctrsink",
+        "ctrsink/analysis": "ctrsink",
+        "sparsectr_lite/analysis": "ablation/runs/sparsectr_lite/seed1",
+    }
+    assert [a.name for a in found.id_rows] == ["sparsectr_lite/analysis"]
+    stale = next(a for a in found.analyses if a.name == "ctrsink/analysis")
+    assert "/moved/elsewhere/ctrsink" in stale.run_note and "using the run that holds it" in stale.run_note
+    assert [r.name for r in found.standalone_runs()] == ["baseline", "ctrsink"]
+    assert {r.name: r.group for r in found.runs if r.group} == {
+        "ablation/runs/baseline/seed1": "ablation",
+        "ablation/runs/sparsectr_lite/seed1": "ablation",
+    }
+    assert [d.name for d in found.data] == ["data"] and not found.refused
 
 
 def test_cached_loader_is_keyed_on_mtime_and_size(root: Path, tmp_path: Path) -> None:
@@ -90,13 +153,13 @@ def test_cached_loader_is_keyed_on_mtime_and_size(root: Path, tmp_path: Path) ->
     for name in discover.RUN_FILES:
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / "baseline" / name, run / name)
-    first = discover.load_run_record(run)
-    assert discover.load_run_record(run) is not first or len(
+    first = discover.load_run_record(tmp_path, run)
+    assert discover.load_run_record(tmp_path, run) is not first or len(
         first.metrics
     )  # a cached copy of the same record
     with open(run / "metrics.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"epoch": 9, "stage": "all_tokens", "split": "valid", "auc": 0.5}) + "\n")
-    assert len(discover.load_run_record(run).metrics) == len(first.metrics) + 1
+    assert len(discover.load_run_record(tmp_path, run).metrics) == len(first.metrics) + 1
 
 
 # ------------------------------------------------------------------------------------------------ pages
@@ -131,8 +194,8 @@ def test_attention_page_compares_mass_per_layer_and_sink_metric(root: Path) -> N
 
     at = open_page(root, "attention")
     mass, metric = figures(at)[:2]
-    sink = load_analysis(root / "analysis" / "ctrsink")
-    base = load_analysis(root / "analysis" / "baseline")
+    sink = load_analysis(root / "ctrsink" / "analysis")
+    base = load_analysis(root / "baseline" / "analysis")
     expected = mass_by_layer(sink["role_mass"], ["pos", "neg"])
     t = traces(mass)
     for role in ("sink", "separator", "behavior", "prompt"):
@@ -169,7 +232,7 @@ def test_inter_sink_page_aggregated_and_one_sample(root: Path) -> None:
     from sinkviz.views import inter_sink_frame
 
     at = open_page(root, "inter_sink")
-    analysis = load_analysis(root / "analysis" / "ctrsink")
+    analysis = load_analysis(root / "ctrsink" / "analysis")
     titled = {f["layout"]["title"]["text"]: f for f in figures(at)}
     agg = titled["Inter-sink attention, layer 0, mean over heads"]
     expected = inter_sink_frame(analysis["inter_sink"], 0, "pos")
@@ -222,7 +285,7 @@ def test_ablations_page_intervals_and_difference_to_baseline(root: Path) -> None
     assert traces(figures(at)[1])["Δ gAUC"]["y"][0] == pytest.approx(
         summary.at["sink+signal+two_stage", "gauc_diff"]
     )
-    p = jobs.progress(root / "ablation")  # read from the grid and the runs' metrics.jsonl lines
+    p = jobs.progress(root, root / "ablation")  # read from the grid and the runs' metrics.jsonl lines
     assert (p.state, p.runs_done, p.runs_total, p.fraction) == ("finished", 4, 4, 1.0)
 
 
@@ -231,11 +294,11 @@ def test_explorer_page_timeline_attributions_maps_and_bertviz(root: Path) -> Non
     from sinkviz.attribution import load_attributions
 
     at = open_page(root, "explorer")
-    analysis = load_analysis(root / "analysis" / "ctrsink")
+    analysis = load_analysis(root / "ctrsink" / "analysis")
     sid = analysis.manifest["full_map_samples"][0]
     figs = figures(at)
     timeline, bar, token_map = figs[0], figs[1], figs[2]
-    attr = load_attributions(root / "analysis" / "ctrsink")
+    attr = load_attributions(root / "ctrsink" / "analysis")
     ig = attr.query("sample_id == @sid and role == 'behavior' and method == 'integrated_gradients'")
     seen = traces(timeline)["seen by the model"]
     assert sorted(seen["marker"]["color"]) == pytest.approx(sorted(ig["attr_sum"].tolist()))
@@ -261,7 +324,7 @@ def test_what_if_edit_changes_the_score_and_equals_score_rows(root: Path) -> Non
     doc = json.loads(at.json[0].value)
     assert doc["edited_logit"] == pytest.approx(doc["original_logit"], abs=1e-6)  # no edits yet
     sid = doc["row"]["sample_id"]
-    captured = pd.read_parquet(root / "analysis" / "ctrsink" / "predictions.parquet").set_index("sample_id")
+    captured = pd.read_parquet(root / "ctrsink" / "analysis" / "predictions.parquet").set_index("sample_id")
     assert doc["original_logit"] == pytest.approx(float(captured.at[sid, "logit"]), abs=1e-5)
     row = (
         pd.read_parquet(root / "data" / "test.parquet").set_index("sample_id", drop=False).loc[sid].to_dict()
@@ -304,6 +367,134 @@ def test_what_if_edit_changes_the_score_and_equals_score_rows(root: Path) -> Non
     assert at.metric[-2].value == f"{want:.4f}"  # the what-if metric shows the same score
 
 
+# ------------------------------------------------------------------------------------------------ selection rules
+
+
+@pytest.fixture(scope="module")
+def similarity_root(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny sink run that keeps the behaviors most similar to the target (MiniLM item vectors), captured and
+    attributed inside its run folder: SIM/data, SIM/sim, SIM/sim/analysis."""
+    from ctrsink.config import load_config
+    from ctrsink.train import train
+    from sinkviz import capture_run
+    from sinkviz.attribution import attribute_run
+
+    out = tmp_path_factory.mktemp("similarity")
+    shutil.copytree(root / "data", out / "data")
+    cfg = load_config(None, [*TINY, "epochs=1", "behavior_selection=similarity", "use_sink=true"])
+    train(out / "data", cfg, out / "sim")
+    analysis = out / "sim" / ANALYSIS
+    capture_run(out / "sim", out / "data", "test", CAPTURE_SAMPLES, analysis, full_maps=FULL_MAPS)
+    attribute_run(out / "sim", out / "data", "test", CAPTURE_SAMPLES, analysis, n_steps=4)
+    return out
+
+
+def expected_kept(root: Path) -> tuple[dict[int, dict[str, list[int]]], pd.DataFrame]:
+    """{sample_id: kept behaviors} from the run's own batcher for the captured samples, and the test split."""
+    from ctrsink.api import kept_behaviors, load_run
+
+    bundle = load_run(root / "sim")
+    split = pd.read_parquet(root / "data" / "test.parquet").set_index("sample_id", drop=False)
+    preds = pd.read_parquet(root / "sim" / ANALYSIS / "predictions.parquet")
+    return {int(s): kept_behaviors(bundle, split.loc[s].to_dict()) for s in preds["sample_id"]}, split
+
+
+def recent(row: pd.Series, fld: str, kept: list[int]) -> list[int]:
+    n = len(row[f"{fld}_item_idx"])
+    return list(range(n - len(kept), n))
+
+
+def test_capture_records_the_kept_behaviors_of_a_similarity_run(similarity_root: Path) -> None:
+    from sinkviz import load_analysis
+
+    table = load_analysis(similarity_root / "sim" / ANALYSIS)["kept"]
+    want, split = expected_kept(similarity_root)
+    got = {
+        int(s): {f: p.sort_values("behavior")["stored_index"].tolist() for f, p in part.groupby("field")}
+        for s, part in table.groupby("sample_id")
+    }
+    assert got == {s: {f: k for f, k in kept.items() if k} for s, kept in want.items()}
+    differs = [s for s, kept in want.items() if any(k != recent(split.loc[s], f, k) for f, k in kept.items())]
+    assert differs, "the similarity run should keep other behaviors (or another order) than the recent rule"
+
+
+def explorer_on_reordered_sample(root: Path) -> tuple[AppTest, int, dict[str, list[int]], pd.Series]:
+    """The explorer on an attributed sample whose kept behaviors differ from the most recent ones."""
+    from sinkviz.attribution import load_attributions
+
+    want, split = expected_kept(root)
+    attributed = set(load_attributions(root / "sim" / ANALYSIS)["sample_id"].astype(int))
+    sid = next(
+        s
+        for s, kept in want.items()
+        if s in attributed and any(k != recent(split.loc[s], f, k) for f, k in kept.items())
+    )
+    at = open_page(root, "explorer")
+    at.selectbox(key="ex_sample").set_value(sid).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at, sid, want[sid], split.loc[sid]
+
+
+def assert_timeline_marks(
+    at: AppTest, root: Path, sid: int, kept: dict[str, list[int]], row: pd.Series
+) -> None:
+    """'seen by the model' = exactly the kept stored behaviors, each coloured by its own attribution."""
+    from sinkviz.attribution import load_attributions
+
+    attr = load_attributions(root / "sim" / ANALYSIS)
+    ig = attr.query("sample_id == @sid and role == 'behavior' and method == 'integrated_gradients'")
+    ig = ig.set_index(["field", "behavior"])["attr_sum"]
+    want = {}
+    for fld, stored in kept.items():
+        for k, j in enumerate(stored):
+            days = -(int(row["timestamp"]) - int(row[f"{fld}_timestamp"][j])) / 86400
+            want[(fld, round(days, 9))] = float(ig.get((fld, k), 0.0))
+    seen = traces(figures(at)[0])["seen by the model"]
+    got = {(f, round(x, 9)): c for f, x, c in zip(seen["y"], seen["x"], seen["marker"]["color"])}
+    assert got.keys() == want.keys()
+    assert got == pytest.approx(want)
+
+
+def test_explorer_marks_the_behaviors_a_similarity_run_kept(similarity_root: Path) -> None:
+    at, sid, kept, row = explorer_on_reordered_sample(similarity_root)
+    assert_timeline_marks(at, similarity_root, sid, kept, row)
+    text = text_of(at)
+    assert "most similar to the target" in text and "predates" not in text
+
+
+def test_inter_sink_axes_name_the_kept_behaviors_of_a_similarity_run(similarity_root: Path) -> None:
+    from sinkviz import load_analysis
+
+    at = open_page(similarity_root, "inter_sink")
+    analysis = load_analysis(similarity_root / "sim" / ANALYSIS)
+    sid = analysis.manifest["full_map_samples"][0]
+    want, split = expected_kept(similarity_root)
+    row, stored = split.loc[sid], want[sid]["pos"]
+    one = next(f for f in figures(at) if f["layout"]["title"]["text"].startswith(f"Sample {sid}:"))
+    for k, label in enumerate(one["data"][0]["y"]):
+        hours = (int(row["timestamp"]) - int(row["pos_timestamp"][stored[k]])) / 3600
+        assert label.startswith(f"{k}: ") and f"{charts.format_gap(hours)} before" in label
+
+
+def test_old_analysis_without_kept_table_falls_back_with_a_note(
+    similarity_root: Path, tmp_path: Path
+) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(similarity_root, old)
+    relocate(old / "sim", old / "data")
+    folder = old / "sim" / ANALYSIS
+    tables = json.loads((folder / "manifest.json").read_text())["tables"]
+    tables.pop("kept")
+    set_manifest(folder, schema_version=1, tables=tables)
+    (folder / "kept.parquet").unlink()
+    at, sid, kept, row = explorer_on_reordered_sample(old)
+    assert "predates the `kept` table" in text_of(at) and "the run's own batcher" in text_of(at)
+    assert_timeline_marks(at, old, sid, kept, row)  # the model's batcher gives the same, right, marks
+    shutil.rmtree(old / "sim" / "checkpoint")  # no model either: the most recent ones, said so
+    at = open_page(old, "explorer")
+    assert "assumes the most recent behaviors (this run selects by similarity" in text_of(at)
+
+
 # ------------------------------------------------------------------------------------------------ ablation launch
 
 
@@ -338,28 +529,28 @@ def test_ablation_toggle_starts_background_run_and_shows_results(launch_root: Pa
         "train_samples=32\neval_samples=32\nepochs=1\nnum_behaviors=3\nscratch_hidden=16\n"
         "scratch_vocab_size=300\nnum_threads=1"
     ).run()
-    at.text_input(key="abl_out").input("ablations/toggle").run()
+    at.text_input(key="abl_out").input("toggle").run()
     assert "--variants signal:index" in text_of(at)
     at.button(key="abl_start").click().run()
     assert not at.exception, [e.value for e in at.exception]
 
-    out = launch_root / "ablations" / "toggle"
+    out = launch_root / "toggle"
     record = json.loads((out / discover.LAUNCH_FILE).read_text())
     cmd = record["command"]
     assert cmd[1:4] == ["-m", "ctrsink", "ablate"] and cmd[cmd.index("--variants") + 1] == "signal:index"
     assert cmd[cmd.index("--out") + 1] == str(out.resolve()) and "num_threads=1" in cmd
     assert (out / jobs.LOG_FILE).is_file()
-    assert jobs.wait(out, timeout=240) == 0, jobs.log_tail(out)
+    assert jobs.wait(out, timeout=240) == 0, jobs.log_tail(launch_root, out)
 
     at.run()
     assert not at.exception
-    assert at.selectbox(key="abl_selected").value == "ablations/toggle"
+    assert at.selectbox(key="abl_selected").value == "toggle"
     fig = traces(figures(at)[0])
     assert fig["test · best epoch"]["x"] == ["signal:index"]
     table = pd.read_parquet(out / "ablation.parquet")
     test_auc = table.query("split == 'test' and stage == 'best'")["auc"].iloc[0]
     assert fig["test · best epoch"]["y"][0] == pytest.approx(test_auc)
-    assert jobs.progress(out).state == "finished"
+    assert jobs.progress(launch_root, out).state == "finished"
 
 
 def test_a_grid_started_from_a_shell_counts_as_running(tmp_path: Path) -> None:
@@ -372,11 +563,11 @@ def test_a_grid_started_from_a_shell_counts_as_running(tmp_path: Path) -> None:
         deadline = time.time() + 10  # the child's command line is visible only once it has started
         while jobs.cli_process(out) is None and time.time() < deadline:
             time.sleep(0.1)
-        assert jobs.cli_process(out) == proc.pid and jobs.progress(out).state == "running"
+        assert jobs.cli_process(out) == proc.pid and jobs.progress(tmp_path, out).state == "running"
     finally:
         proc.kill()
         proc.wait()
-    assert jobs.cli_process(out) is None and jobs.progress(out).state == "incomplete"
+    assert jobs.cli_process(out) is None and jobs.progress(tmp_path, out).state == "incomplete"
 
 
 # ------------------------------------------------------------------------------------------------ empty, broken
@@ -400,10 +591,11 @@ def test_empty_root_explains_what_to_run(page: str, tmp_path: Path) -> None:
 @pytest.fixture
 def broken_root(root: Path, tmp_path: Path) -> Path:
     """Good artifacts next to an unknown schema version, a damaged table, an unreadable manifest, a broken run and
-    a damaged ablation table."""
+    a damaged ablation table. The copies' manifests name the fixture's run and data, outside this root: the good
+    analysis is attributed to the run folder holding it, the sample set is refused."""
     out = tmp_path / "broken"
-    good = root / "analysis" / "ctrsink"
-    for name in ("good", "future", "damaged"):
+    good = root / "ctrsink" / "analysis"
+    for name in ("future", "damaged"):
         shutil.copytree(good, out / "analysis" / name)
     manifest = json.loads((out / "analysis" / "future" / "manifest.json").read_text())
     (out / "analysis" / "future" / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))

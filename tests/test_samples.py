@@ -11,9 +11,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from ctrsink.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from ctrsink.data import LogTables, build_samples, load_movielens, load_sample_set, prepare
 from ctrsink.errors import CtrSinkError
-from ctrsink.io import atomic_dir, atomic_write_json, atomic_write_text
 
 LIST_TYPES = {
     "item_idx": pa.list_(pa.int32()),

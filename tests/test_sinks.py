@@ -161,6 +161,9 @@ def test_sink_positions_follow_their_behavior(kind: str) -> None:
         assert e.sink_behavior == list(range(n - 1))
         assert [i for i, t in enumerate(ids) if t == sink_id] == e.sink_positions
         assert [i for i, r in enumerate(roles) if r == ROLE_ID["sink"]] == e.sink_positions
+        # the separator after behavior k starts right after its sink (signal_carrier=separator puts the signal there)
+        assert e.separator_positions == [p + 1 for p in e.sink_positions]
+        assert e.separator_behavior == e.sink_behavior
         for k, (start, end) in enumerate(e.behavior_spans):
             assert all(roles[i] == ROLE_ID["behavior"] for i in range(start, end))
             assert all(e.behavior_index[i] == k for i in range(start, end))

@@ -14,6 +14,8 @@ import pandas as pd
 import streamlit as st
 import ui
 
+from ctrsink import api
+
 st.title("Ablations")
 f = ui.found()
 root = ui.root()
@@ -26,19 +28,23 @@ if pending in names:
 if not names:
     data_hint = f.data[0].path if f.data else root / "data"
     ui.empty(
-        f"No ablation found under {root}. Start one below, or from the command line:",
+        f"No ablation found under {ui.folder()}. Start one below, or from the command line:",
         f"ctrsink ablate --data {ui.q(data_hint)} --variants baseline,sink,sink+signal,full --seeds 1,2,3 "
         f"--out {ui.q(root / 'ablation')}",
     )
 else:
     # default: one running from here, else the first with results
-    running = [a.name for a in f.ablations if jobs.is_running(a.path)]
+    running = [a.name for a in f.ablations if jobs.is_running(root, a.path)]
     done = [a.name for a in f.ablations if (a.path / discover.ABLATION_FILE).is_file()]
     if st.session_state.get("abl_selected") not in names:
         st.session_state["abl_selected"] = (running or done or names)[0]
     name = st.selectbox("Ablation", names, key="abl_selected")
     art = next(a for a in f.ablations if a.name == name)
-    status = jobs.progress(art.path)
+    try:
+        status = jobs.progress(root, art.path)
+    except ValueError as exc:  # a grid or run leading outside the root
+        ui.artifact_error(art.name, exc)
+        st.stop()
 
     def show_progress(p: jobs.Progress) -> None:
         text = (
@@ -54,7 +60,7 @@ else:
 
         @st.fragment(run_every=2.0)
         def live() -> None:
-            p = jobs.progress(art.path)
+            p = jobs.progress(root, art.path)
             show_progress(p)
             if p.state != "running":  # finished (or failed): redraw the whole page with the results
                 discover.find.clear()
@@ -68,7 +74,7 @@ else:
         show_progress(status)
 
     try:
-        table = discover.load_ablation(art.path)
+        table = discover.load_ablation(root, art.path)
     except Exception as exc:
         ui.artifact_error(art.name, exc)
         table = None
@@ -80,7 +86,10 @@ else:
                 f"{art.name} has no ablation.parquet yet{when} and no process is writing it: it stopped. Resume "
                 "it with the same command (finished runs are kept):"
             )
-            grid = discover.read_grid(art.path)
+            try:
+                grid = discover.read_grid(root, art.path)
+            except (OSError, ValueError):
+                grid = {}
             st.code(
                 f"ctrsink ablate --data {ui.q(grid.get('data', 'DATA_DIR'))} --variants "
                 f"{','.join(grid.get('variants', ['baseline']))} --seeds "
@@ -91,8 +100,6 @@ else:
     elif table.empty:
         st.warning(f"{art.name}: the ablation table is empty.")
     else:
-        from ctrsink.ablate import summary_table
-
         variants = list(dict.fromkeys(table["variant"]))
         seeds = sorted(table["seed"].unique().tolist())
         st.caption(
@@ -107,7 +114,7 @@ else:
         )
         stage_frame = charts.ablation_stage_frame(table, metric)
         ui.plot(charts.ablation_stage_figure(stage_frame, metric, variants), key="abl_stage")
-        summary = summary_table(table)
+        summary = api.summary_table(table)
         if "baseline" in variants and len(variants) > 1:
             ui.plot(charts.ablation_diff_figure(summary, metric), key="abl_diff")
         else:
@@ -116,35 +123,65 @@ else:
             st.dataframe(summary.round(4), hide_index=True, width="stretch")
         with st.expander("Per stage"):
             st.dataframe(stage_frame.round(4), hide_index=True, width="stretch")
-        md = art.path / "summary.md"
+        md = art.path / discover.SUMMARY_FILE
         if md.is_file():
-            with st.expander("summary.md"):
-                st.markdown(md.read_text(encoding="utf-8"))
+            with st.expander(discover.SUMMARY_FILE):
+                try:
+                    st.markdown(discover.read_text(root, md))
+                except (OSError, ValueError) as exc:
+                    ui.artifact_error(f"{art.name}/{discover.SUMMARY_FILE}", exc)
 
 # ---- start a new one ---------------------------------------------------------------------------------------
 st.divider()
 st.subheader("Start a new ablation")
-data_dirs: dict[str, str] = {}
-for d in f.data:
-    data_dirs[str(d.path.resolve())] = d.name
-for a in f.ablations:
-    try:
-        g = discover.read_grid(a.path).get("data")
-    except Exception:
-        g = None
-    if g:
-        data_dirs.setdefault(str(Path(g)), str(g))
-for r in f.standalone_runs():
-    try:
-        dd = discover.load_run_record(r.path).info.get("data_dir")
-    except Exception:
-        dd = None
-    if dd:
-        data_dirs.setdefault(str(Path(dd)), str(dd))
-data_dirs = {k: v for k, v in data_dirs.items() if (Path(k) / "manifest.json").is_file()}
+if ui.read_only():
+    st.info(
+        "This dashboard runs read-only (`--read-only`): starting ablations is off. Start one from a shell with "
+        "`ctrsink ablate --data DATA_DIR --variants ... --seeds ... --out DIR`."
+    )
+    st.stop()
+
+
+def sample_sets() -> tuple[dict[str, str], list[str]]:
+    """{folder: label} of the prepared sample sets under the root (found, or named by grids and runs), and the
+    refusals of those leading outside it."""
+    out: dict[str, str] = {}
+    refused: list[str] = []
+
+    def add(path: str | Path, label: str) -> None:
+        try:
+            folder = discover.confine_data(root, path)
+        except ValueError as exc:
+            refused.append(str(exc))
+            return
+        if (folder / "manifest.json").is_file():
+            out.setdefault(str(folder), label)
+
+    for d in f.data:
+        add(d.path, d.name)
+    for a in f.ablations:
+        try:
+            given = discover.read_grid(root, a.path).get("data")
+        except (OSError, ValueError):
+            given = None
+        if given:
+            add(given, str(given))
+    for r in f.standalone_runs():
+        try:
+            given = discover.load_run_record(root, r.path).info.get("data_dir")
+        except Exception:  # unreadable runs are reported on the Runs page
+            given = None
+        if given:
+            add(given, str(given))
+    return out, refused
+
+
+data_dirs, refused_data = sample_sets()
+for message in dict.fromkeys(refused_data):
+    st.caption(f"Sample set not offered: {message}")
 if not data_dirs:
     ui.empty(
-        "No prepared sample set found to train on. Prepare the bundled sample data first:",
+        "No prepared sample set found under the root to train on. Prepare the bundled sample data first:",
         f"ctrsink prepare --source csv --path sample_data/synthetic --out {ui.q(root / 'data')}",
     )
     st.stop()
@@ -152,9 +189,9 @@ if not data_dirs:
 c1, c2 = st.columns(2)
 data = c1.selectbox("Data", list(data_dirs), format_func=lambda k: data_dirs[k], key="abl_data")
 configs = {"": "defaults"} | {
-    str(a.path / "base_config.yaml"): f"base config of {a.name}"
+    str(a.path / discover.BASE_CONFIG_FILE): f"base config of {a.name}"
     for a in f.ablations
-    if (a.path / "base_config.yaml").is_file()
+    if (a.path / discover.BASE_CONFIG_FILE).is_file()
 }
 config = c2.selectbox("Base config", list(configs), format_func=lambda k: configs[k], key="abl_config")
 
@@ -189,13 +226,14 @@ toggles = {
 variant = jobs.variant_for(toggles)
 c1, c2, c3 = st.columns([1, 1, 2])
 with_baseline = c1.checkbox("Also train the baseline", value=variant != "baseline", key="abl_with_baseline")
-seeds_text = c2.text_input("Seeds", value="1", key="abl_seeds", help="comma-separated, e.g. 1,2,3")
+seeds = c2.multiselect("Seeds", list(range(1, 11)), default=[1], key="abl_seeds")
 overrides_text = c3.text_area(
     "Other config overrides (key=value per line)",
     value="",
     key="abl_overrides",
     height=90,
-    help="e.g. epochs=2, train_samples=1000, num_threads=1; the sink components come from the toggles",
+    help="Known config options only, with values of their type or among their choices, e.g. epochs=2, "
+    "train_samples=1000, num_threads=1, behavior_selection=similarity. The sink components come from the toggles.",
 )
 
 if variant is None:
@@ -208,45 +246,42 @@ if variant is None:
 
 variants = ["baseline", variant] if with_baseline and variant != "baseline" else [variant]
 slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", variant)
-out_name = st.text_input("Output folder (under the root)", value=f"ablations/{slug}", key="abl_out")
-overrides = [
-    line.strip() for line in overrides_text.splitlines() if line.strip() and not line.startswith("#")
-]
+names_free = (f"ablation_{slug}" + (f"_{i}" if i > 1 else "") for i in range(1, 1000))
+default_name = next((n for n in names_free if not (root / n).exists()), f"ablation_{slug}")
+out_name = st.text_input(
+    "Output folder (a new folder name under the root)",
+    value=default_name,
+    key="abl_out",
+    help="Letters, digits, '_', '-' and '.'; no '/' or '..'.",
+)
+lines = [line.strip() for line in overrides_text.splitlines() if line.strip() and not line.startswith("#")]
 if inter_sink and use_sink and layers:
-    overrides.append(f"inter_sink_layers={int(layers)}")
-try:
-    seeds = [int(s) for s in seeds_text.replace(" ", "").split(",") if s]
-except ValueError:
-    seeds = []
-out = (root / out_name).resolve()
-command = jobs.build_command(data, variants, seeds, out, overrides, config or None)
-st.markdown(f"Variant **`{variant}`**" + (" against **`baseline`**" if len(variants) > 1 else ""))
-st.code(" ".join(ui.q(c) for c in command[1:]).replace("-m ctrsink", "ctrsink", 1), language="bash")
+    lines.append(f"inter_sink_layers={int(layers)}")
 
 problems = []
-if not seeds:
-    problems.append("give at least one integer seed, e.g. 1 or 1,2,3")
-if not out_name.strip() or Path(out_name).is_absolute() or ".." in Path(out_name).parts:
-    problems.append("the output folder must be a relative path inside the root")
-if jobs.is_running(out):
-    problems.append(f"an ablation is already running in {out_name}")
-grid = discover.read_grid(out) if (out / "grid.json").is_file() else {}
-if grid and (grid.get("variants") != variants or grid.get("seeds") != seeds):
-    problems.append(f"{out_name} already holds a different grid; choose another output folder")
+command: list[str] = []
+try:
+    command = jobs.build_command(root, data, variants, seeds, out_name, lines, config or None)
+except (api.CtrSinkError, ValueError) as exc:  # OutsideRoot is a ValueError
+    problems.append(str(exc))
+st.markdown(f"Variant **`{variant}`**" + (" against **`baseline`**" if len(variants) > 1 else ""))
+if command:
+    st.code(" ".join(ui.q(c) for c in command[1:]).replace("-m ctrsink", "ctrsink", 1), language="bash")
 for p in problems:
-    st.warning(p)
+    st.warning(f"Not startable: {p}")
 
 if st.button("Start ablation", type="primary", disabled=bool(problems), key="abl_start"):
-    from ctrsink.errors import CtrSinkError
-
     try:
-        jobs.check(variants, overrides, config or None)
-        record = jobs.launch(data, variants, seeds, out, overrides, config or None)
-    except (CtrSinkError, RuntimeError, OSError) as exc:
+        record = jobs.launch(root, data, variants, seeds, out_name, lines, config or None)
+    except (api.CtrSinkError, ValueError, RuntimeError, OSError) as exc:
         st.error(f"Not started: {exc}")
     else:
         st.session_state["abl_last_launch"] = record
-        rel = out.relative_to(root.resolve()).as_posix() if out.is_relative_to(root.resolve()) else str(out)
-        st.session_state["abl_pending_select"] = rel
+        out = Path(record["command"][record["command"].index("--out") + 1])
+        try:
+            st.session_state["abl_pending_select"] = out.relative_to(ui.folder()).as_posix()
+        except ValueError:  # started outside the chosen folder: show the root, where it is
+            st.session_state[ui.FOLDER_PENDING] = "."
+            st.session_state["abl_pending_select"] = out.relative_to(root).as_posix()
         discover.find.clear()
         st.rerun()

@@ -12,9 +12,9 @@ from sinkviz.views import mass_by_layer, role_mass_figure
 ROLES = ["sink", "separator", "behavior", "prompt", "target", "special"]
 
 st.title("Attention mass")
-_, analyses = ui.require_analyses()
+found, analyses = ui.require_analyses()
 
-labels = ui.analysis_labels(analyses)
+labels = ui.analysis_labels(found, analyses)
 chosen = st.multiselect(
     "Analyses to compare",
     list(analyses),

@@ -11,10 +11,12 @@ import samples
 import streamlit as st
 import ui
 
+from ctrsink import api
 from sinkviz.views import MAX_TOKENS, analysis_view, attribution_bar, sample_maps, sample_tokens, view_html
 
 st.title("Sample explorer")
-_, analyses = ui.require_analyses()
+found, analyses = ui.require_analyses()
+root = ui.root()
 
 
 def sigmoid(x: float) -> float:
@@ -29,7 +31,7 @@ def bertviz_page(
     return view_html(view, kind), len(view.labels), len(view.layers)
 
 
-labels = ui.analysis_labels(analyses)
+labels = ui.analysis_labels(found, analyses)
 default = ui.default_pair(analyses)[-1]
 name = st.selectbox(
     "Analysis",
@@ -40,8 +42,9 @@ name = st.selectbox(
 )
 analysis = analyses[name]
 manifest = analysis.manifest
+art = ui.analysis_run(found, name)
 try:
-    attributions = discover.load_attributions(analysis.path)
+    attributions = discover.load_attributions(root, analysis.path)
 except Exception as exc:
     ui.artifact_error(f"{name}/attributions.parquet", exc)
     attributions = None
@@ -69,18 +72,59 @@ sid = st.selectbox("Sample", order, format_func=sample_label, key="ex_sample")
 history_fields = list(manifest.get("history_fields", []))
 
 # ---- the sample and its run --------------------------------------------------------------------------------
-run_dir = manifest.get("run_dir", "")
+run_dir = art.run if art is not None else None
+note = art.run_note if art is not None else "the analysis was not found by discovery"
+if run_dir is None:
+    (st.error if note.startswith("refused") else st.warning)(f"**Run of {name}**: {note}")
+elif note:
+    st.caption(f"Run of {name}: {note}")
 num_behaviors, selection = 10, "recent"
-try:
-    run_cfg = discover.load_run_record(run_dir).config
-    num_behaviors = int(run_cfg.get("num_behaviors", num_behaviors))
-    selection = str(run_cfg.get("behavior_selection", selection))
-except Exception as exc:
-    ui.artifact_error(f"run {run_dir}", exc)
+if run_dir is not None:
+    try:
+        run_cfg = discover.load_run_record(root, run_dir).config
+        num_behaviors = int(run_cfg.get("num_behaviors", num_behaviors))
+        selection = str(run_cfg.get("behavior_selection", selection))
+    except Exception as exc:
+        ui.artifact_error(f"run {run_dir}", exc)
+
+
+def bundle():
+    """The run's model (cached across reruns); raises when the run cannot be loaded from under the root."""
+    if run_dir is None:
+        raise ValueError(f"no run to load for {name}: {note}")
+    return discover.load_bundle(root, run_dir)
+
+
+def kept_of(row: dict) -> tuple[samples.Kept, str | None]:
+    """The kept behaviors of the sample: recorded by `sinkviz capture`, else the run's own batcher, else the most
+    recent ones (the default rule); -> (kept, a note on where they come from when not from the analysis)."""
+    kept = discover.kept_map(analysis, sid)
+    if kept is not None:
+        return kept, None
+    why = (
+        f"Sample {sid} is not in this analysis' kept table"
+        if "kept" in analysis.tables
+        else "This analysis predates the `kept` table (re-capture it with `sinkviz capture` to record it)"
+    )
+    try:
+        kept = api.kept_behaviors(bundle(), row)
+    except Exception as exc:  # no model either: the default rule, said so
+        counts = samples.kept_counts(analysis.tables.get("tokens"), attributions, sid)
+        wrong = (
+            f" (this run selects by {selection}, so the marks may be wrong)" if selection != "recent" else ""
+        )
+        message = (
+            f"{why} and the run's model is unavailable ({type(exc).__name__}): 'seen by the model' assumes the "
+            f"most recent behaviors{wrong}."
+        )
+        return samples.recent_kept(row, history_fields, num_behaviors, counts), message
+    return kept, f"{why}: the kept behaviors come from the run's own batcher."
+
+
 row = items = None
 try:
-    row = samples.sample_row(manifest, sid)
-    items = discover.load_items(manifest["data_dir"])
+    row = samples.sample_row(root, manifest, sid)
+    items = discover.load_items(root, manifest["data_dir"])
 except Exception as exc:
     ui.artifact_error(
         f"sample {sid} in {manifest.get('data_dir')}",
@@ -101,13 +145,14 @@ target = samples.item_title(items, int(row["item_idx"])) if row is not None and 
 st.subheader("History timeline")
 history = None
 if row is not None and items is not None:
-    tokens_table = analysis.tables.get("tokens")
-    kept = samples.kept_counts(tokens_table, attributions, sid)
-    history = samples.history_frame(row, history_fields, items, num_behaviors, kept)
+    kept, kept_note = kept_of(row)
+    history = samples.history_frame(row, history_fields, items, kept)
     history = samples.with_attributions(history, attributions, sid)
+    if kept_note:
+        st.caption(kept_note)
     if selection != "recent":
         st.caption(
-            f"This run selects behaviors by {selection}: 'seen by the model' assumes the most recent ones."
+            f"This run keeps the {num_behaviors} behaviors most similar to the target (k = 0 most similar)."
         )
     ui.plot(
         charts.timeline_figure(history, target, f"Sample {sid}: behaviors before the target"),
@@ -122,7 +167,7 @@ if attributions is not None and sid in with_attr:
 elif attributions is None:
     st.caption(
         "No attributions in this analysis folder; add them with "
-        f"`sinkviz attribute --run {ui.q(run_dir)} --out {ui.q(analysis.path)} --samples 32`."
+        f"`sinkviz attribute --run {ui.q(run_dir or 'RUN_DIR')} --out {ui.q(analysis.path)} --samples 32`."
     )
 else:
     st.caption(f"Sample {sid} has no attributions (attributed samples: {with_attr}).")
@@ -193,10 +238,14 @@ st.subheader("What if? Edit the history and rescore")
 if row is None or items is None:
     st.info("What-if rescoring needs the sample set the analysis was captured on.")
     st.stop()
+rule = (
+    f"the {num_behaviors} behaviors most similar to the target"
+    if selection == "similarity"
+    else f"the last {num_behaviors} behaviors of each field in position order"
+)
 st.caption(
     "Delete rows, add rows (the + below a table), change an item, its time before the target (hours) or its "
-    "position (order). The model sees the last "
-    f"{num_behaviors} behaviors of each field in position order. Scores come from `ctrsink.run.score_rows`."
+    f"position (order). The model sees {rule}. Scores come from `ctrsink.api.score_rows`."
 )
 n_items = len(items)
 lookup = st.selectbox(
@@ -250,12 +299,11 @@ for fld in history_fields:
         )
 
 try:
-    from ctrsink.run import score_rows
-
-    bundle = discover.load_bundle(run_dir)
+    model = bundle()
     pooling = str(manifest.get("pooling", "all_tokens"))
-    original_logit = float(score_rows(bundle, [row], pooling=pooling)[0])
-    edited_logit = float(score_rows(bundle, [edited], pooling=pooling)[0])
+    original_logit = float(api.score_rows(model, [row], pooling=pooling)[0])
+    edited_logit = float(api.score_rows(model, [edited], pooling=pooling)[0])
+    edited_kept = api.kept_behaviors(model, edited)
 except Exception as exc:
     ui.artifact_error(f"model of {run_dir}", exc)
     st.stop()
@@ -268,9 +316,7 @@ c3.metric(
     f"{sigmoid(edited_logit):.3f}",
     delta=f"{sigmoid(edited_logit) - sigmoid(original_logit):+.3f}",
 )
-edited_history = samples.history_frame(edited, history_fields, items, num_behaviors).assign(
-    attribution=np.nan
-)
+edited_history = samples.history_frame(edited, history_fields, items, edited_kept).assign(attribution=np.nan)
 ui.plot(
     charts.timeline_figure(edited_history, target, f"Sample {sid} after the edits"),
     key="ex_whatif_timeline",

@@ -5,7 +5,6 @@ Reads `sinkviz capture` folders of ID-row runs through `sinkviz.idrows` only (vi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import charts
@@ -45,7 +44,7 @@ def id_command(f: discover.Found) -> str:
     run = None
     for art in f.runs:
         try:
-            if discover.load_run_record(art.path).config.get("model", "ctrsink") != "ctrsink":
+            if discover.load_run_record(ui.root(), art.path).config.get("model", "ctrsink") != "ctrsink":
                 run = art.path
                 break
         except Exception:  # an unreadable run is reported on the Runs page
@@ -53,8 +52,8 @@ def id_command(f: discover.Found) -> str:
     name = run.name if run else "ID_RUN"
     run_text = ui.q(run) if run else "ID_RUN_DIR"
     return (
-        f"ctrsink train --data DATA_DIR --out {ui.q(ui.root() / 'din')} --set model=din  # if you have none\n"
-        f"sinkviz capture --run {run_text} --out {ui.q(ui.root() / 'analysis' / name)} --samples 256"
+        f"ctrsink train --data DATA_DIR --out {ui.q(ui.folder() / 'din')} --set model=din  # if you have none\n"
+        f"sinkviz capture --run {run_text} --out {ui.q((run or ui.folder() / name) / 'analysis')} --samples 256"
     )
 
 
@@ -62,18 +61,16 @@ def load_all(f: discover.Found) -> dict[str, Any]:
     out = {}
     for art in f.id_rows:
         try:
-            out[art.name] = discover.load_id_analysis(art.path)
+            out[art.name] = discover.load_id_analysis(ui.root(), art.path)
         except Exception as exc:  # one broken folder must not take the page down
             ui.artifact_error(art.name, exc)
     return out
 
 
-def label_of(analysis: Any) -> str:
-    run = Path(str(analysis.manifest.get("run_dir", "")))
-    try:
-        text = run.resolve().relative_to(ui.root().resolve()).as_posix()
-    except ValueError:
-        text = run.name
+def label_of(name: str, analysis: Any) -> str:
+    """The run the analysis belongs to (relative to the root) and its model."""
+    art = ui.analysis_run(found, name)
+    text = ui.run_label(art.run if art else None, name)
     model = analysis.manifest.get("model", "?")
     return f"{text} ({MODEL_NAMES.get(model, model)})"
 
@@ -85,13 +82,13 @@ analyses = load_all(found)
 if not analyses:
     if not found.id_rows:
         ui.empty(
-            f"No ID-row analysis found under {ui.root()}. Train a comparison row (model=din, sparsectr_lite or "
+            f"No ID-row analysis found under {ui.folder()}. Train a comparison row (model=din, sparsectr_lite or "
             "srp4ctr_lite) and capture it:",
             id_command(found),
         )
     st.stop()
 
-labels = {n: f"{label_of(a)} · {n}" for n, a in analyses.items()}
+labels = {n: f"{label_of(n, a)} · {n}" for n, a in analyses.items()}
 c1, c2 = st.columns([3, 1])
 chosen = c1.multiselect(
     "ID-row analyses", list(analyses), default=list(analyses)[:3], format_func=labels.get, key="idr_analyses"
@@ -106,7 +103,7 @@ candidate = c2.radio(
 if not chosen:
     st.info("Choose at least one analysis.")
     st.stop()
-short = {n: label_of(analyses[n]) for n in chosen}
+short = {n: label_of(n, analyses[n]) for n in chosen}
 if len(set(short.values())) < len(short):  # two analyses of one run: charts group by label, keep them apart
     short = {n: f"{v} · {n}" for n, v in short.items()}
 

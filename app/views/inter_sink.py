@@ -4,6 +4,7 @@ samples and for one sample with its behaviors' titles and time gaps."""
 from __future__ import annotations
 
 import charts
+import discover
 import numpy as np
 import samples
 import streamlit as st
@@ -12,9 +13,9 @@ import ui
 from sinkviz.views import inter_sink_frame, inter_sink_heatmap, join_tokens
 
 st.title("Inter-sink dependencies")
-_, analyses = ui.require_analyses()
+found, analyses = ui.require_analyses()
 
-labels = ui.analysis_labels(analyses)
+labels = ui.analysis_labels(found, analyses)
 default = ui.default_pair(analyses)[-1]
 c1, c2, c3 = st.columns(3)
 name = c1.selectbox(
@@ -87,13 +88,19 @@ titles = {
 }
 gaps: dict[int, float] = {}
 try:
-    row = samples.sample_row(analysis.manifest, sid)
-    n_kept = len(titles)
+    row = samples.sample_row(ui.root(), analysis.manifest, sid)
     ts = np.asarray(row[f"{field}_timestamp"], dtype=np.int64)
-    offset = len(ts) - n_kept
-    gaps = {
-        k: (int(row["timestamp"]) - int(ts[offset + k])) / samples.HOUR for k in titles if offset + k >= 0
-    }
+    kept = discover.kept_map(analysis, sid)
+    if kept is None:  # an analysis from before the `kept` table: the most recent behaviors, oldest first
+        kept = samples.recent_kept(row, [field], len(ts), {field: len(titles)})
+        st.caption(
+            "This analysis predates the `kept` table: time gaps assume the model kept the most recent behaviors "
+            "(right for `recent` selection only; re-capture with `sinkviz capture` to record them)."
+        )
+    stored = kept.get(field, [])
+    gaps = {k: (int(row["timestamp"]) - int(ts[stored[k]])) / samples.HOUR for k in titles if k < len(stored)}
+except discover.OutsideRoot as exc:
+    ui.artifact_error(f"time gaps of sample {sid}", exc)
 except Exception as exc:
     st.caption(f"Time gaps unavailable ({type(exc).__name__}: {exc}); axes show titles only.")
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import charts
 import discover
 import pandas as pd
 import streamlit as st
 import ui
 
+from ctrsink import api
+
 SINK_KEYS = ("use_sink", "sink_signal", "two_stage", "inter_sink", "inter_sink_layers", "use_cls_token")
 
 st.title("Runs")
 f = ui.found()
+root = ui.root()
 if not f.runs and not f.ablations:
     ui.no_runs()
     st.stop()
@@ -21,13 +26,18 @@ records: dict[str, discover.RunRecord] = {}
 broken: list[tuple[str, Exception]] = []
 for art in f.runs:
     try:
-        records[art.name] = discover.load_run_record(art.path)
+        records[art.name] = discover.load_run_record(root, art.path)
     except Exception as exc:  # one damaged run must not hide the others
         broken.append((art.name, exc))
 for name, exc in broken:
     ui.artifact_error(name, exc)
 
 groups = {a.name: a.group for a in f.runs}
+paths = {a.name: a.path.resolve() for a in f.runs}
+analysed: dict[Path, list[str]] = {}  # run folder -> the analyses captured from it
+for a in f.analyses + f.id_rows:
+    if a.run is not None:
+        analysed.setdefault(a.run, []).append(a.name)
 show_members = st.toggle(
     "Include the runs inside ablations",
     value=not f.standalone_runs(),
@@ -50,6 +60,7 @@ def overview_row(name: str, rec: discover.RunRecord) -> dict:
         "MFLOPs/sample": ((rec.info.get("cost") or {}).get("flops_per_sample_b1") or float("nan")) / 1e6,
         **{k: rec.config.get(k) for k in SINK_KEYS},
         "seed": rec.config.get("seed"),
+        "analyses": ", ".join(analysed.get(paths[name], [])),
         "best epoch": (rec.final or {}).get("best_epoch"),
         "test AUC": test.get("auc"),
         "test LogLoss": test.get("logloss"),
@@ -128,11 +139,11 @@ if f.ablations:
     for art in f.ablations:
         grid = {}
         try:
-            grid = discover.read_grid(art.path)
+            grid = discover.read_grid(root, art.path)
         except Exception as exc:
             ui.artifact_error(art.name, exc)
         members = [r for r in f.runs if r.group == art.name]
-        finished = sum(1 for r in members if (r.path / "final_metrics.json").is_file())
+        finished = sum(1 for r in members if (r.path / api.FINAL_METRICS_FILE).is_file())
         total = len(grid.get("variants", [])) * len(grid.get("seeds", [])) or len(members)
         rows.append(
             {

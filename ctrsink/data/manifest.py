@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ctrsink.atomic import atomic_write_bytes, atomic_write_json
 from ctrsink.errors import CtrSinkError
-from ctrsink.io import atomic_write_bytes, atomic_write_json
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")

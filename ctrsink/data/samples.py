@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ctrsink.atomic import atomic_dir
 from ctrsink.data.generic import load_generic
 from ctrsink.data.kuairec import load_kuairec
 from ctrsink.data.manifest import (
@@ -34,7 +35,6 @@ from ctrsink.data.manifest import (
 from ctrsink.data.movielens import load_movielens
 from ctrsink.data.schema import LogTables, drop_unknown_items, validate_interactions, validate_items
 from ctrsink.errors import CtrSinkError
-from ctrsink.io import atomic_dir
 
 HISTORY_FIELDS = {"split": ("pos", "neg"), "single": ("all",)}
 LOADERS: dict[str, Callable[..., LogTables]] = {

@@ -1,4 +1,5 @@
-"""Sink signals (spec §4): which bucket each sink's embedding comes from, and the module that replaces sink rows."""
+"""Sink signals (spec §4): which bucket each sink's embedding comes from, and the module that puts it on sink rows
+(or adds it to separator rows, the `signal_carrier=separator` control)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ def time_gap_bucket(gap_seconds: np.ndarray, n: int, tau_hours: float, horizon_d
     gap = np.clip(np.asarray(gap_seconds, dtype=np.float64), 0.0, None)
     ids = np.minimum(n - 1, np.floor(c * np.log1p(gap / tau)))
     return np.where(gap >= horizon, n - 1, ids).astype(np.int64)
+
+
+def time_gap_bucket_start(bucket: int, n: int, tau_hours: float, horizon_days: float) -> float:
+    """The smallest gap (seconds) in `bucket` of `time_gap_bucket`: tau * (exp(bucket / c) - 1); n-1 -> the horizon."""
+    if bucket >= n - 1:
+        return horizon_days * 86400.0
+    tau = tau_hours * 3600.0
+    c = (n - 1) / math.log1p(horizon_days * 86400.0 / tau)
+    return tau * math.expm1(max(bucket, 0) / c)
 
 
 def similarity_bucket(sims: np.ndarray, n: int) -> np.ndarray:
@@ -85,19 +95,34 @@ def sink_signal_ids(
     return ids.astype(np.int64).tolist()
 
 
-class SinkSignalEmbedding(nn.Module):
-    """e_k = W E[s_k] + b, replacing (not added to) the sink token's embedding row (spec §4)."""
+SIGNAL_MODES = ("replace", "add")
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, hidden_size: int) -> None:
+
+class SinkSignalEmbedding(nn.Module):
+    """e_k = W E[s_k] + b at every position that carries a signal (spec §4).
+
+    mode 'replace': the row becomes e_k (a sink token: its own embedding carries nothing of the behavior).
+    mode 'add': the row becomes word + e_k (a separator carrying the signal, `signal_carrier=separator`): the
+    separator stays a separator, so the text the model reads is the baseline's.
+    """
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, hidden_size: int, mode: str = "replace"
+    ) -> None:
         super().__init__()
+        if mode not in SIGNAL_MODES:
+            raise ValueError(mode)
+        self.mode = mode
         self.table = nn.Embedding(num_embeddings, embedding_dim)
         self.proj = nn.Linear(embedding_dim, hidden_size)
         nn.init.normal_(self.table.weight, std=0.02)
 
     def forward(self, token_embeds: torch.Tensor, signal_ids: torch.Tensor) -> torch.Tensor:
-        """`signal_ids` (B, T): bucket id at sink positions, -1 elsewhere."""
-        is_sink = signal_ids >= 0
-        if not bool(is_sink.any()):
+        """`signal_ids` (B, T): bucket id at the carrying positions (sinks or separators), -1 elsewhere."""
+        carries = signal_ids >= 0
+        if not bool(carries.any()):
             return token_embeds
-        signal = self.proj(self.table(signal_ids.clamp(min=0)))
-        return torch.where(is_sink.unsqueeze(-1), signal.to(token_embeds.dtype), token_embeds)
+        signal = self.proj(self.table(signal_ids.clamp(min=0))).to(token_embeds.dtype)
+        if self.mode == "add":
+            return token_embeds + torch.where(carries.unsqueeze(-1), signal, torch.zeros_like(signal))
+        return torch.where(carries.unsqueeze(-1), signal, token_embeds)

@@ -27,7 +27,8 @@ def choose_sink_token(tokenizer: Any, requested: str, use_cls_token: bool) -> st
 
 
 def register_sink_token(tokenizer: Any, sink: str) -> tuple[int, bool]:
-    """Add `sink` as a special token (a no-op when it already is one). Returns (id, needs_resize)."""
+    """Add `sink` as a special token (a no-op when it already is one). Returns (id, whether the vocabulary grew);
+    `fit_embedding_rows` then sizes the model's embeddings."""
     before = len(tokenizer)
     if sink not in (tokenizer.all_special_tokens or []) and sink != tokenizer.cls_token:
         tokenizer.add_tokens([sink], special_tokens=True)
@@ -37,3 +38,14 @@ def register_sink_token(tokenizer: Any, sink: str) -> tuple[int, bool]:
             f"config option 'sink_token': {sink!r} does not tokenize to one token ({len(ids)} tokens)"
         )
     return ids[0], len(tokenizer) > before
+
+
+def fit_embedding_rows(model: Any, tokenizer: Any) -> bool:
+    """Grow `model`'s input embeddings to hold every tokenizer id, never shrink them: checkpoints such as Qwen's
+    pad their matrix past the vocabulary, and a new sink token then takes a spare row (resizing to len(tokenizer)
+    would cut the matrix instead)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) <= rows:
+        return False
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return True

@@ -1,12 +1,17 @@
-"""Atomic file and directory writes: a reader sees the old version or the complete new one, never a half."""
+"""Atomic file and directory writes: a reader sees the old version or the complete new one, never a half.
+
+Temporary files and folders are created with the mode `open(path, "w")` and `mkdir` would use (0o666 / 0o777, the
+kernel applies the umask at creation), so the result looks like a plain write. The process umask is never read
+or changed: `os.umask` sets it process-wide, which races with other threads (the dashboard's) creating files.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,20 +27,40 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temp_name(final: Path, suffix: str) -> Path:
+    return final.parent / f".{final.name}.{secrets.token_hex(6)}{suffix}"
+
+
+def _create_temp_file(final: Path) -> tuple[int, Path]:
+    """(fd, path) of a new, exclusive temp file next to `final`, with open(path, "w")'s permissions."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = _temp_name(final, ".tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {final}")
+
+
+def _create_temp_dir(final: Path, suffix: str = ".tmp") -> Path:
+    """A new temp folder next to `final`, with mkdir's permissions."""
+    for _ in range(100):
+        tmp = _temp_name(final, suffix)
+        try:
+            tmp.mkdir(0o777)
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {final}")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and `os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp_file(path)
     try:
-        # mkstemp makes the file private; the result should look like one made by open(path, "w").
-        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -73,13 +98,12 @@ def atomic_dir(final_path: str | os.PathLike[str]) -> Iterator[Path]:
         parent = parent.parent
     for folder in reversed(created):
         folder.mkdir()
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = _create_temp_dir(final)
     try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like a plain mkdir
         yield tmp
         old: Path | None = None
         if final.exists() or final.is_symlink():
-            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+            old = _create_temp_dir(final, ".old")
             old.rmdir()  # only the unique name is needed; rename needs the target not to exist
             os.replace(final, old)
         try:
