@@ -146,8 +146,9 @@ def ablate(
         ),
     )
     atomic_write_text(out / "base_config.yaml", config_to_yaml(base))
-    for variant in variants:
-        for seed in seeds:
+    # seed-major: a grid stopped part-way has every variant at the first seeds, not some variants at all seeds
+    for seed in seeds:
+        for variant in variants:
             run = out / "runs" / run_dir_name(variant, seed)
             if (run / "final_metrics.json").is_file():
                 log.info("%s seed %d: done, reading back", variant, seed)
@@ -251,8 +252,9 @@ def run_cost(run: Path, info: dict[str, Any]) -> dict[str, Any]:
 def collect_costs(out: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
     """One row per run: model, parameters, FLOPs per sample (batch 1 / one request of 100), training samples/s."""
     rows = []
-    for variant in variants:
-        for seed in seeds:
+    # seed-major: a grid stopped part-way has every variant at the first seeds, not some variants at all seeds
+    for seed in seeds:
+        for variant in variants:
             run = out / "runs" / run_dir_name(variant, seed)
             info = json.loads((run / "run.json").read_text(encoding="utf-8"))
             cost = run_cost(run, info)

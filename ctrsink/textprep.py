@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ctrsink.config import PROMPT_PRESETS, Config
-from ctrsink.text import FEEDBACK_TEXT, item_texts
+from ctrsink.text import FEEDBACK_TEXT, item_texts, signal_text_vocabulary
 
 
 def tokenizer_corpus(
@@ -27,6 +27,7 @@ def tokenizer_corpus(
     texts = titles + cats + (behaviors if behaviors is not titles else [])
     texts += list({**PROMPT_PRESETS[cfg.prompt_preset], **cfg.prompts}.values())
     texts += [cfg.separator, *FEEDBACK_TEXT.values(), " ".join(string.printable.strip())]
+    texts += signal_text_vocabulary(cfg)  # the phrases of behavior_signal_text (none when it is off)
     return texts
 
 

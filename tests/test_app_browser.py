@@ -1,9 +1,10 @@
-"""The dashboard in a real browser: `streamlit run` on a free localhost port, every page in headless Chromium
-(Playwright driving the Debian package's browser), charts drawn, no Streamlit exception, a screenshot per page
-(in docs/screenshots/ with CTRSINK_SCREENSHOT_DIR=docs/screenshots). Skipped with the reason when /usr/bin/chromium or playwright is missing.
+"""The dashboard in a real browser, on the main job's own output: `scripts/main.sh` runs with QUICK=1 (the same
+steps on a few dozen samples) and NO_DASHBOARD=1, then `streamlit run` serves that folder on a free 127.0.0.1 port
+and every page opens in headless Chromium (Playwright driving the Debian package's browser): charts drawn from the
+demo's runs and analyses, no empty state, no Streamlit exception, a screenshot per page (in docs/screenshots/ with
+CTRSINK_SCREENSHOT_DIR=docs/screenshots). Skipped with the reason when /usr/bin/chromium or playwright is missing.
 
-The app runs on the small fixture root; set CTRSINK_SCREENSHOT_ROOT to a folder of real runs (e.g. runs/demo after
-the main job) for screenshots of trained models."""
+CTRSINK_DEMO_ROOT=runs/demo reuses the output of a full `bash scripts/main.sh` instead (for the screenshots)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from app_fixture import session_root
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,7 +33,35 @@ ARGS = [
     "--no-first-run",
 ]
 # url path of each page (Streamlit names file pages after the file) -> charts it must draw at least
-PAGES = {"runs": 1, "attention": 2, "inter_sink": 2, "ablations": 2, "explorer": 4}
+PAGES = {
+    "runs": 1,
+    "attention": 2,
+    "inter_sink": 2,
+    "ablations": 2,
+    "explorer": 4,
+    "id_rows": 2,
+    "interventions": 2,
+}
+# what a page shows when it found nothing to draw (ui.empty and the pages' own notes)
+EMPTY_STATES = (
+    "No runs found",
+    "No attention analysis found",
+    "No ablation",
+    "No ID-row",
+    "No intervention table yet",
+    "No deletion curves yet",
+    "No head roles yet",
+)
+# text each page must show: it draws from the demo's own folders
+DEMO_TEXT = {
+    "attention": "ctrsink/analysis",
+    "inter_sink": "ctrsink/analysis",
+    "explorer": "ctrsink",
+    "ablations": "ablation",
+    "id_rows": "sparsectr_lite",
+    "interventions": "ctrsink",
+    "runs": "ctrsink",
+}
 
 if not CHROMIUM.is_file():
     pytest.skip(
@@ -52,9 +80,23 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    custom = os.environ.get("CTRSINK_SCREENSHOT_ROOT")
-    root = Path(custom).resolve() if custom else session_root(tmp_path_factory.getbasetemp())
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The main job's output: CTRSINK_DEMO_ROOT, or `scripts/main.sh` run now at its QUICK size."""
+    given = os.environ.get("CTRSINK_DEMO_ROOT")
+    if given:
+        return Path(given).resolve()
+    out = tmp_path_factory.mktemp("main_job") / "demo"
+    env = dict(os.environ, OUT=str(out), QUICK="1", NO_DASHBOARD="1", OMP_NUM_THREADS="2")
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "main.sh")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path):
+    root = demo_root
     port = free_port()
     log = open(tmp_path_factory.mktemp("streamlit") / "server.log", "w+b")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
@@ -121,7 +163,10 @@ def test_page_renders_in_chromium(server: str, browser, name: str) -> None:
     try:
         page.goto(f"{server}/{'' if name == 'runs' else name}", wait_until="domcontentloaded")
         wait_until_idle(page)
-        assert page.locator('[data-testid="stException"]').count() == 0, page.inner_text("body")[:2000]
+        body = page.inner_text("body")
+        assert page.locator('[data-testid="stException"]').count() == 0, body[:2000]
+        assert not [m for m in EMPTY_STATES if m in body], body[:2000]
+        assert DEMO_TEXT[name] in body, body[:2000]
         drawn = page.locator(".js-plotly-plot .main-svg").count()
         assert drawn >= PAGES[name], f"{name}: {drawn} plotly surfaces"
         if name == "explorer":  # the offline bertviz view draws inside its iframe with no network
