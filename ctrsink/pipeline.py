@@ -22,7 +22,7 @@ log = logging.getLogger("ctrsink.pipeline")
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_LOG = REPO / "sample_data" / "synthetic"
 
-# The pretrained encoder at a CPU-sized fine-tune: 12 steps of 32 samples, short histories.
+# The pretrained encoder at a CPU-sized fine-tune: 8 steps of 32 samples, short histories.
 DEMO_SETTINGS = [
     "backbone=bundled:minilm",
     "num_behaviors=8",
@@ -31,8 +31,8 @@ DEMO_SETTINGS = [
     "lr=1e-4",
     "head_lr=1e-3",
     "epochs=1",
-    "train_samples=384",
-    "eval_samples=256",
+    "train_samples=256",
+    "eval_samples=128",
     "eval_batch_size=64",
 ]
 QUICK_SETTINGS = ["train_samples=64", "eval_samples=64"]  # `--quick`: the same steps in seconds (tests)

@@ -13,14 +13,14 @@ OUT=${OUT:-runs/demo}
 if [ -n "${QUICK:-}" ]; then
   DEMO_ARGS=(--quick); ABLATE_SIZE=(--set train_samples=200 --set eval_samples=128); SAMPLES=16
 else
-  DEMO_ARGS=(); ABLATE_SIZE=(--set train_samples=1200); SAMPLES=64
+  DEMO_ARGS=(); ABLATE_SIZE=(--set train_samples=800 --set eval_samples=400); SAMPLES=32
 fi
 # 1-3: prepare the sample data, fine-tune MiniLM without and with time-gap sinks, print test AUC / LogLoss / gAUC
 ctrsink demo --out "$OUT" "${DEMO_ARGS[@]}"
 # 4: a small scratch ablation (one seed) for the Ablations page: the paper's variants, their controls (the same
 #    time-gap signal on the separators, or written into the text) and the ID-based comparison rows
 [ -f "$OUT/ablation/summary.md" ] || ctrsink ablate --data "$OUT/data" \
-  --variants baseline,sink+signal,full,carrier:separator+time_gap,text:time_gap,din,sparsectr_lite,srp4ctr_lite \
+  --variants baseline,sink+signal,full,carrier:separator+time_gap,text:time_gap,din,sparsectr_lite \
   --seeds 1 --out "$OUT/ablation" "${ABLATE_SIZE[@]}" \
   --set epochs=2 --set stage1_epochs=1 --set stage2_epochs=1 --set num_behaviors=6
 # 5: where the attention goes: both MiniLM runs, and the CTR-Sink run at every kept epoch (epoch0 = the pretrained
