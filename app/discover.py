@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,21 @@ def _note_links(base: Path, folder: Path, here: Path, dirs: list[str], found: Fo
                 confine(base, here / d)
             except OutsideRoot as exc:
                 found.refused.append(((here / d).relative_to(folder).as_posix(), str(exc)))
+
+
+EPOCH_FOLDER = re.compile(r"epoch(\d+)")  # OUT/epoch{k}, as `sinkviz capture --every-epoch` names them
+
+
+def epoch_series(analyses: list[Artifact]) -> list[dict[int, Artifact]]:
+    """Analyses that form a per-epoch series: sibling folders epoch{k} attributed to the same run, {k: analysis}
+    per series (two or more members). The folder name alone decides here; the caller checks each manifest's
+    `checkpoint`."""
+    groups: dict[tuple[Path, Path | None], dict[int, Artifact]] = {}
+    for art in analyses:
+        match = EPOCH_FOLDER.fullmatch(art.path.name)
+        if match and art.error is None:
+            groups.setdefault((art.path.parent, art.run), {})[int(match.group(1))] = art
+    return [dict(sorted(g.items())) for g in groups.values() if len(g) > 1]
 
 
 @st.cache_data(ttl=3, show_spinner=False, max_entries=16)

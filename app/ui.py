@@ -222,6 +222,83 @@ def default_pair(analyses: dict[str, Any]) -> list[str]:
     return list(analyses)[:2]
 
 
+# ---- per-epoch analyses (`sinkviz capture --every-epoch`): one picker entry per series, an epoch slider ---------
+
+
+def epoch_series(f: discover.Found, analyses: dict[str, Any]) -> dict[str, dict[int, str]]:
+    """{representative: {epoch: analysis name}} for every series of loaded per-epoch analyses whose manifests
+    name their checkpoint epoch{k}. The representative is the last epoch's analysis (the trained model)."""
+    out = {}
+    for group in discover.epoch_series([a for a in f.analyses if a.name in analyses]):
+        members = {
+            k: a.name for k, a in group.items() if analyses[a.name].manifest.get("checkpoint") == f"epoch{k}"
+        }
+        if len(members) > 1:
+            out[members[max(members)]] = members
+    return out
+
+
+def pickable(analyses: dict[str, Any], series: dict[str, dict[int, str]]) -> dict[str, Any]:
+    """The analyses a picker offers: a series appears once, by its representative."""
+    hidden = {n for rep, members in series.items() for n in members.values() if n != rep}
+    return {n: a for n, a in analyses.items() if n not in hidden}
+
+
+def series_labels(
+    f: discover.Found, offered: dict[str, Any], series: dict[str, dict[int, str]]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, picker labels) of the pickable analyses: `analysis_labels`, a series named by its folder rather
+    than its last member; the picker's also say which epochs a series spans (the slider picks one)."""
+    labels = analysis_labels(f, offered)
+    for rep in series:
+        if rep in labels and labels[rep].endswith(f" · {rep}"):
+            labels[rep] = labels[rep].removesuffix(rep) + Path(rep).parent.as_posix()
+    picker = {
+        n: f"{v} · epochs {min(series[n])}–{max(series[n])}" if n in series else v for n, v in labels.items()
+    }
+    return labels, picker
+
+
+def epoch_slider(series: list[dict[int, str]], key: str) -> int | None:
+    """One slider over the epochs of the given series (None when there are none); starts at the last epoch."""
+    epochs = sorted({k for members in series for k in members})
+    if not epochs:
+        return None
+    if key in st.session_state and st.session_state[key] not in epochs:
+        del st.session_state[key]  # another set of series was chosen: start over at its last epoch
+    return st.select_slider(
+        "Epoch",
+        options=epochs,
+        value=epochs[-1],
+        format_func=lambda k: f"epoch {k}" + (" (before training)" if k == 0 else ""),
+        key=key,
+        help="Analyses captured from the checkpoint after each epoch (`sinkviz capture --every-epoch`); "
+        "epoch 0 holds the weights before the first step.",
+    )
+
+
+def at_epoch(members: dict[int, str], epoch: int) -> str:
+    """The series member of `epoch`; a series without it shows its latest epoch before (else its first)."""
+    earlier = [k for k in members if k <= epoch]
+    return members[max(earlier) if earlier else min(members)]
+
+
+def shown_at_epoch(
+    picked: list[str], series: dict[str, dict[int, str]], epoch: int | None, labels: dict[str, str]
+) -> dict[str, str]:
+    """{analysis to show: label} for the picked ones: a series stands for its member at `epoch`, labelled with the
+    member's epoch; `labels` are the picked analyses' labels without the span of epochs."""
+    out = {}
+    for n in picked:
+        if n in series and epoch is not None:
+            member = at_epoch(series[n], epoch)
+            k = next(k for k, m in series[n].items() if m == member)
+            out[member] = f"{labels[n]} · epoch {k}"
+        else:
+            out[n] = labels[n]
+    return out
+
+
 def plot(fig: Any, key: str | None = None) -> None:
     st.plotly_chart(fig, width="stretch", key=key)
 

@@ -279,11 +279,17 @@ def _scratch_model(kind: str, tokenizer, cfg) -> nn.Module:
         cfg.scratch_kv_heads,
         max_positions=max(512, cfg.max_user_tokens + 8),
     )
+    # weights_dtype as a checkpoint would load (the dry-run's stand-ins); built in it, not cast after, so the
+    # RoPE tables stay fp32 exactly as `backbone_from_run` rebuilds them
+    dtype = load_dtype(cfg)
+    extra = {} if dtype in ("auto", torch.float32) else {"dtype": dtype}
     if model_type == "bert":
         from transformers import BertModel
 
+        if extra:
+            return BertModel._from_config(conf, add_pooling_layer=False, **extra)
         return BertModel(conf, add_pooling_layer=False)
-    return AutoModel.from_config(conf)
+    return AutoModel.from_config(conf, **extra)
 
 
 def load_dtype(cfg: Any) -> Any:

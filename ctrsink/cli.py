@@ -46,9 +46,17 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from ctrsink.config import load_config
+    from ctrsink.errors import CtrSinkError
     from ctrsink.train import train
 
     cfg = load_config(args.config, args.set)
+    if args.dry_run:  # a stand-in model on CPU; --out is never written
+        from ctrsink.dryrun import dry_run
+
+        return dry_run(cfg, args.data)
+    for option in ("data", "out"):
+        if getattr(args, option) is None:
+            raise CtrSinkError(f"option '--{option}' is required (except with --dry-run)")
     final = train(args.data, cfg, args.out, overwrite=args.overwrite)
     print(
         json.dumps({"run": str(args.out), "best_epoch": final["best_epoch"], "test": final["test"]}, indent=1)
@@ -129,7 +137,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from ctrsink.pipeline import run_demo
 
-    run_demo(args.out, args.set)
+    run_demo(args.out, args.set, quick=args.quick)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,11 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_prepare)
 
     s = sub.add_parser("train", help="train a model; resumes an interrupted run in the same --out")
-    s.add_argument("--data", required=True)
+    s.add_argument("--data", help="sample directory (`ctrsink prepare`); optional with --dry-run")
     s.add_argument("--config")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument(
+        "--dry-run",
+        action="store_true",
+        dest="dry_run",
+        help="check the config on CPU with a tiny stand-in of its backbone: build, first batches, one step",
+    )
     s.set_defaults(fn=_train)
 
     s = sub.add_parser(
@@ -206,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--variants", help="comma-separated subset, in this order (default: all)")
     s.set_defaults(fn=_summarize)
 
-    s = sub.add_parser("demo", help="the main job on the bundled sample data: prepare, train, evaluate")
+    s = sub.add_parser(
+        "demo", help="the main job on the bundled sample data: prepare, fine-tune MiniLM, evaluate"
+    )
     s.add_argument("--out", default="runs/demo")
+    s.add_argument("--quick", action="store_true", help="the same steps on a few dozen samples (tests)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=_demo)
 

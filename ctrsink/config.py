@@ -197,6 +197,8 @@ class Config:
     epochs: int = 6
     batch_size: int = 32
     eval_batch_size: int = 128
+    # batches of samples of similar token length (less padding); the training order stays seeded per epoch
+    length_bucketing: bool = False
     lr: float = 1e-3  # backbone
     head_lr: float = 2e-3  # head, pooling projections, sink modules (new parameters)
     weight_decay: float = 5e-5

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ctrsink.backbones import Backbone, additive_mask
 from ctrsink.config import Config
+from ctrsink.finetune import autocast
 from ctrsink.sinks.inter_sink import InterSinkBias, gather_sink_positions
 from ctrsink.sinks.signals import SinkSignalEmbedding
 from ctrsink.text import ROLE_ID
@@ -77,18 +79,24 @@ class CTRModel(nn.Module):
         )
         self.ctr = nn.Sequential(nn.Linear(128, 32), nn.LeakyReLU(0.01), nn.Linear(32, 1))
         self.current_field: str | None = None  # read by capture hooks: which field the layers are processing
+        # the sink token's input row as its own fp32 parameter: set by `ctrsink.finetune` under LoRA, where the
+        # embedding matrix is frozen
+        self.sink_row: nn.Parameter | None = None
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        """The language model's own weights (trained with lr)."""
-        return list(self.backbone.parameters())
+        """The language model's trainable weights (trained with lr): all of them, or its LoRA adapters."""
+        return [p for p in self.backbone.parameters() if p.requires_grad]
 
     def new_parameters(self) -> list[nn.Parameter]:
-        """Everything outside the backbone (trained with head_lr)."""
-        return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        """Everything outside the backbone (trained with head_lr), the LoRA sink row included."""
+        return [p for n, p in self.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
 
     def input_embeds(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-token input rows of one field: word lookup, then the signal on sink rows (or added to separators)."""
         embeds = self.backbone.word_embeddings()(batch["input_ids"])
+        if self.sink_row is not None:
+            is_sink = (batch["token_roles"] == ROLE_ID["sink"]).unsqueeze(-1)
+            embeds = torch.where(is_sink, self.sink_row.to(embeds.dtype), embeds)
         if self.signal is not None and "sink_signal_ids" in batch:
             embeds = self.signal(embeds, batch["sink_signal_ids"])
         return embeds
@@ -105,16 +113,18 @@ class CTRModel(nn.Module):
         mask = additive_mask(attn, self.causal, hidden.dtype)
         rope = self.backbone.position_embeddings(hidden)
         is_history = name in self.history_fields
+        sinks = None
         if len(self.inter_sink) and is_history:
             for module in self.inter_sink.values():  # a field without sinks must not show an earlier field's
                 module.last_affinity = None
-            sink_pos, sink_valid = gather_sink_positions(roles, ROLE_ID["sink"])
+            sinks = gather_sink_positions(roles, ROLE_ID["sink"])
+        # gradient checkpointing: each lower layer's activations are recomputed in backward instead of kept
+        recompute = self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i in range(self.split_at):
-            layer_mask = mask
-            if is_history and str(i) in self.inter_sink and sink_pos.shape[1] > 0:
-                attn_in = self.backbone.attention_input(i, hidden)
-                layer_mask = mask + self.inter_sink[str(i)](attn_in, sink_pos, sink_valid)
-            hidden = self.backbone.run_layer(i, hidden, layer_mask, rope)
+            if recompute:
+                hidden = checkpoint(self.lower_layer, i, hidden, mask, rope, sinks, use_reentrant=False)
+            else:
+                hidden = self.lower_layer(i, hidden, mask, rope, sinks)
         hidden = self.backbone.final_norm(hidden)
         if pooling == "sink_only" and is_history:
             weights = roles == ROLE_ID["sink"]
@@ -126,6 +136,21 @@ class CTRModel(nn.Module):
             weights = attn.bool()
         return masked_mean(hidden, weights)
 
+    def lower_layer(
+        self,
+        i: int,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        rope: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
+        sinks: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Lower layer i of one field's pass, with the inter-sink bias added to its mask where it has one."""
+        layer_mask = mask
+        if sinks is not None and str(i) in self.inter_sink and sinks[0].shape[1] > 0:
+            attn_in = self.backbone.attention_input(i, hidden)
+            layer_mask = mask + self.inter_sink[str(i)](attn_in, *sinks)
+        return self.backbone.run_layer(i, hidden, layer_mask, rope)
+
     def forward(
         self,
         fields: dict[str, dict[str, torch.Tensor]],
@@ -133,6 +158,16 @@ class CTRModel(nn.Module):
         embeds: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits (B,). `embeds` (per field) replaces the input rows, for gradient attributions."""
+        device = next(iter(fields.values()))["input_ids"].device
+        with autocast(self.cfg.precision, device.type):  # bf16 / fp16 runs score as they train
+            return self.logits(fields, pooling, embeds)
+
+    def logits(
+        self,
+        fields: dict[str, dict[str, torch.Tensor]],
+        pooling: str,
+        embeds: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
         rows = embeds or {}
         pooled = torch.stack(
             [self.encode_field(f, fields[f], pooling, rows.get(f)) for f in self.fields], dim=1
@@ -149,4 +184,4 @@ class CTRModel(nn.Module):
             z = self.backbone.final_norm(z)
         self.current_field = None
         proj = torch.cat([self.heads[f](z[:, j]) for j, f in enumerate(self.fields)], dim=-1)
-        return self.ctr(self.fusion(proj)).squeeze(-1)
+        return self.ctr(self.fusion(proj)).squeeze(-1).float()

@@ -29,11 +29,12 @@ from ctrsink.batches import Batcher
 from ctrsink.config import Config, load_config
 from ctrsink.errors import CtrSinkError
 from ctrsink.family import Built, ModelFamily, RowBatcher, Scorer
+from ctrsink.finetune import apply_finetune
 from ctrsink.idmodels.common import IDModel
 from ctrsink.idmodels.registry import build_id_model, run_pre_step
 from ctrsink.idview import IDBatcher
 from ctrsink.model import CTRModel
-from ctrsink.sinks.tokens import choose_sink_token, register_sink_token
+from ctrsink.sinks.tokens import choose_sink_token, fit_embedding_rows, register_sink_token
 from ctrsink.text import ITEM_FIELDS, TextRenderer
 from ctrsink.textprep import item_vectors_for, tokenizer_corpus
 
@@ -96,16 +97,18 @@ def assemble(
 ) -> tuple[CTRModel, Batcher, dict[str, Any]]:
     """Sink token registration, renderer, batcher and model for one config."""
     info: dict[str, Any] = {}
-    sink = None
+    sink = sink_id = None
     if cfg.use_sink:
         sink = choose_sink_token(tokenizer, cfg.sink_token, cfg.use_cls_token)
-        sink_id, grew = register_sink_token(tokenizer, sink)
-        if grew or len(tokenizer) > backbone.word_embeddings().num_embeddings:
-            backbone.model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        sink_id, _ = register_sink_token(tokenizer, sink)
+        fit_embedding_rows(backbone.model, tokenizer)  # a spare row of a padded matrix needs no resize
         info.update(sink_token=sink, sink_token_id=int(sink_id))
     renderer = TextRenderer(tokenizer, items, cfg, history_fields, sink_token=sink)
     batcher = Batcher(renderer, cfg, item_vectors)
     model = CTRModel(backbone, cfg, history_fields + list(ITEM_FIELDS), history_fields)
+    # the sink's own row is read only when no signal replaces it
+    own_row = sink_id if cfg.sink_signal == "off" else None
+    info["finetune"] = apply_finetune(model, cfg, own_row)
     return model, batcher, info
 
 
@@ -131,7 +134,7 @@ class TextFamily(ModelFamily):
         return self._assemble(cfg, backbone, tokenizer, items, history_fields, {"backbone": info}, None)
 
     def load(self, cfg: Config, items: pd.DataFrame, history_fields: list[str], run_dir: Path) -> Built:
-        backbone, tokenizer = backbone_from_run(run_dir)
+        backbone, tokenizer = backbone_from_run(run_dir, cfg)
         cached = run_dir / ITEM_VECTORS_FILE
         return self._assemble(cfg, backbone, tokenizer, items, history_fields, {}, cached)
 

@@ -1,6 +1,6 @@
-"""Starting or resuming a run, the steps `ctrsink.train.train` takes before its first epoch: check the output
-folder, open the run directory, run the model's pre-step, write the run record. Each step goes through the model
-family (`ctrsink.family`), so none knows which model it starts.
+"""Starting or resuming a run, the steps `ctrsink.train.train` takes before its first epoch: make the Accelerator,
+check the output folder, open the run directory, run the model's pre-step, write the run record. Each step goes
+through the model family (`ctrsink.family`), so none knows which model it starts.
 """
 
 from __future__ import annotations
@@ -19,6 +19,21 @@ from ctrsink.config import Config, config_to_yaml, load_config
 from ctrsink.errors import CtrSinkError
 from ctrsink.family import Built, ModelFamily
 from ctrsink.sampling import Samples
+
+
+def make_accelerator(cfg: Config, cpu: bool = False) -> Accelerator:
+    """The run's Accelerator. Precision is ctrsink's own autocast (`CTRModel.forward`) and fp16 gradient scaler,
+    the same code on CPU and GPU, so Accelerate's mixed precision stays off. The schedule is stepped once per
+    optimizer step: Accelerate would step it once per process, and `make_loop` already counts steps per process."""
+    accelerator = Accelerator(
+        cpu=cpu or not torch.cuda.is_available(),
+        mixed_precision="no",
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        step_scheduler_with_optimizer=False,
+    )
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    return accelerator
 
 
 def check_out_dir(out_dir: Path, cfg: Config, overwrite: bool) -> bool:

@@ -36,7 +36,7 @@ from ctrsink.config import Config
 from ctrsink.family import Built, ModelFamily
 from ctrsink.metrics import ctr_metrics
 from ctrsink.run import CHECKPOINT, PREDICTIONS_TEST_FILE, epoch_checkpoint, family_of
-from ctrsink.runstart import check_out_dir, open_run_dir, prepare_model, write_run_record
+from ctrsink.runstart import check_out_dir, make_accelerator, open_run_dir, prepare_model, write_run_record
 from ctrsink.sampling import Samples, load_samples
 from ctrsink.sampling import subsample as _subsample
 from ctrsink.textprep import tokenizer_corpus
@@ -51,9 +51,7 @@ def train(data_dir: str | Path, cfg: Config, out_dir: str | Path, overwrite: boo
     """Train `cfg` on the samples in `data_dir` into the run directory `out_dir`; -> valid and test metrics at the
     best epoch. An unfinished run with the same config in `out_dir` is resumed."""
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    accelerator = make_accelerator(cfg)
     resuming = check_out_dir(out_dir, cfg, overwrite)
     set_seed(cfg.seed)  # model initialisation below draws from it
 
@@ -104,6 +102,7 @@ class Loop:
     loaders: dict[str, DataLoader]
     train_set: SampleDataset
     users: np.ndarray  # user id by user code
+    scaler: torch.amp.GradScaler  # fp16 loss scaling; a disabled pass-through otherwise
 
     def prepare(self) -> None:
         """Hand everything to Accelerate (device placement, DDP, sharded loaders)."""
@@ -119,6 +118,9 @@ def make_loop(accelerator: Accelerator, cfg: Config, samples: Samples, built: Bu
     users = sorted(pd.concat([f["user_id"].astype(str) for f in samples.frames.values()]).unique())
     user_codes = {u: i for i, u in enumerate(users)}
     datasets = {k: SampleDataset(v, user_codes) for k, v in samples.frames.items()}
+    if cfg.length_bucketing and all(ds.measure(built.batcher) for ds in datasets.values()):
+        for k in set(datasets) - {"train"}:  # metrics ignore order; predictions keep their sample ids
+            datasets[k].sort_by_length()
     loaders = {
         k: DataLoader(
             ds,
@@ -134,12 +136,13 @@ def make_loop(accelerator: Accelerator, cfg: Config, samples: Samples, built: Bu
         {"params": model.new_parameters(), "lr": cfg.head_lr},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(datasets["train"]) // (cfg.batch_size * accelerator.num_processes))
+    batches = -(-len(datasets["train"]) // (cfg.batch_size * accelerator.num_processes))
+    steps_per_epoch = -(-batches // cfg.gradient_accumulation_steps)  # optimizer steps, not batches
     total_steps = steps_per_epoch * cfg.total_epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    return Loop(
-        accelerator, model, optimizer, scheduler, loaders, datasets["train"], np.asarray(users, object)
-    )
+    scaler = torch.amp.GradScaler(accelerator.device.type, enabled=cfg.precision == "fp16")
+    users_by_code = np.asarray(users, object)
+    return Loop(accelerator, model, optimizer, scheduler, loaders, datasets["train"], users_by_code, scaler)
 
 
 def new_state() -> dict[str, Any]:
@@ -153,6 +156,8 @@ def resume_state(loop: Loop, out_dir: Path) -> dict[str, Any]:
     opt_state = torch.load(last / "optimizer.pt", weights_only=True)
     loop.optimizer.load_state_dict(opt_state["optimizer"])
     loop.scheduler.load_state_dict(opt_state["scheduler"])
+    if "scaler" in opt_state:  # fp16 runs: the loss scale and its growth tracker
+        loop.scaler.load_state_dict(opt_state["scaler"])
     log.info("resuming %s after epoch %d", out_dir, state["epoch"])
     return state
 
@@ -164,7 +169,11 @@ def train_epoch(loop: Loop, cfg: Config, epoch: int) -> tuple[float, float]:
     """One pass over the training split; -> (mean loss, seconds)."""
     stage = cfg.stage_of_epoch(epoch)
     set_seed(cfg.seed + epoch)  # same shuffle and dropout whether or not the run was interrupted
-    loop.train_set.set_order(np.random.default_rng(cfg.seed + epoch).permutation(len(loop.train_set)))
+    rng = np.random.default_rng(cfg.seed + epoch)
+    order = rng.permutation(len(loop.train_set))
+    if cfg.length_bucketing:  # batches of similar length, drawn from the same rng: a resumed epoch matches
+        order = loop.train_set.bucketed(order, cfg.batch_size, rng)
+    loop.train_set.set_order(order)
     accelerator, model = loop.accelerator, loop.model
     model.train()
     started, losses = time.time(), []
@@ -175,17 +184,33 @@ def train_epoch(loop: Loop, cfg: Config, epoch: int) -> tuple[float, float]:
         mininterval=5,
     )
     for batch in bar:
-        logits = model(batch["fields"], pooling=stage)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["labels"])
-        accelerator.backward(loss)
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        loop.optimizer.step()
-        loop.scheduler.step()
-        loop.optimizer.zero_grad()
-        losses.append(loss.item())
+        losses.append(train_batch(loop, cfg, batch, stage))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
     return (float(np.mean(losses)) if losses else float("nan")), time.time() - started
+
+
+def train_batch(loop: Loop, cfg: Config, batch: dict[str, Any], stage: str) -> float:
+    """Forward and backward of one batch; the optimizer steps on the k-th batch of an accumulation window (or on
+    an epoch's last batch). -> the batch's loss."""
+    accelerator = loop.accelerator
+    with accelerator.accumulate(loop.model):  # k batches: no DDP gradient sync and no step until the k-th
+        logits = loop.model(batch["fields"], pooling=stage)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["labels"])
+        accelerator.backward(loop.scaler.scale(loss))  # divides by k: the sum is the k*b batch's mean
+        if accelerator.sync_gradients:
+            optimizer_step(loop, cfg)
+    return loss.item()
+
+
+def optimizer_step(loop: Loop, cfg: Config) -> None:
+    """Unscale (fp16), clip, step (the fp16 scaler skips a step with inf/nan gradients), schedule, clear."""
+    loop.scaler.unscale_(loop.optimizer)
+    if cfg.max_grad_norm:
+        loop.accelerator.clip_grad_norm_(loop.model.parameters(), cfg.max_grad_norm)
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad()
 
 
 def eval_poolings(cfg: Config) -> list[str]:
@@ -258,6 +283,7 @@ def _save_checkpoint(loop: Loop, path: Path, state: dict[str, Any] | None = None
                     {
                         "optimizer": loop.optimizer.state_dict(),
                         "scheduler": loop.scheduler.state_dict(),
+                        **({"scaler": loop.scaler.state_dict()} if loop.scaler.is_enabled() else {}),
                         "torch_rng": torch.get_rng_state(),
                     },
                     tmp / "optimizer.pt",

@@ -6,7 +6,9 @@ ROOT/baseline/, ROOT/ctrsink/  one tiny trained run each (2 epochs) (no sinks; s
 ROOT/{baseline,ctrsink}/analysis/  `sinkviz capture` folders; the sink one also holds attributions
 ROOT/ablation/                 a tiny grid (baseline and the two-stage sink variant, two seeds)
 
-Built once per test session (a marker file says it is complete), so both test modules share it.
+Built once per test session (a marker file says it is complete), so both test modules share it. `build_epochs`
+builds a separate root with per-epoch analyses (a run trained with keep_epoch_checkpoints, ROOT/formation/epochs/
+epoch{k}) for the epoch slider's tests (test_app_epochs.py).
 Run `python tests/app_fixture.py OUT` to build one by hand and point the dashboard at it.
 """
 
@@ -91,6 +93,50 @@ def build(root: str | Path, with_ablation: bool = True) -> Path:
         return root
     if not (root / "ablation" / "ablation.parquet").is_file():
         ablate(data, load_config(None, TINY), ABLATION_VARIANTS, ABLATION_SEEDS, root / "ablation")
+    (root / DONE).write_text("ok\n", encoding="utf-8")
+    return root
+
+
+EPOCHS_RUN = "formation"  # a CTR-Sink run that kept a checkpoint per epoch
+EPOCHS_ANALYSES = "epochs"  # ROOT/formation/epochs/epoch{k}, as `sinkviz capture --every-epoch` lays them out
+
+
+def build_epochs(root: str | Path) -> Path:
+    """A root with one tiny CTR-Sink run trained with `keep_epoch_checkpoints` (epoch0 = before training, epoch1,
+    epoch2), one analysis per epoch checkpoint and one of its best checkpoint (ROOT/formation/analysis).
+    Idempotent like `build`; kept apart from it so the shared root's pages keep their default choices."""
+    import torch
+
+    from ctrsink.config import load_config
+    from ctrsink.data import prepare
+    from ctrsink.run import epoch_checkpoints
+    from ctrsink.train import train
+    from sinkviz import capture_run
+
+    root = Path(root)
+    if (root / DONE).is_file():
+        return root
+    torch.set_num_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    data = root / "data"
+    if not (data / "manifest.json").is_file():
+        prepare("csv", SAMPLE_LOG, data)
+    run = root / EPOCHS_RUN
+    if not (run / "final_metrics.json").is_file():
+        train(data, load_config(None, TINY + SINK + ["keep_epoch_checkpoints=true"]), run, overwrite=True)
+    targets = [(name, run / EPOCHS_ANALYSES / name) for _, name in epoch_checkpoints(run)]
+    for checkpoint, out in [*targets, ("best", run / ANALYSIS)]:
+        if not (out / "manifest.json").is_file():
+            capture_run(
+                run,
+                data,
+                "test",
+                CAPTURE_SAMPLES,
+                out,
+                batch_size=CAPTURE_SAMPLES,
+                full_maps=FULL_MAPS,
+                checkpoint=checkpoint,
+            )
     (root / DONE).write_text("ok\n", encoding="utf-8")
     return root
 

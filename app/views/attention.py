@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import charts
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 import ui
 
@@ -14,17 +15,24 @@ ROLES = ["sink", "separator", "behavior", "prompt", "target", "special"]
 st.title("Attention mass")
 found, analyses = ui.require_analyses()
 
-labels = ui.analysis_labels(found, analyses)
-chosen = st.multiselect(
+# per-epoch analyses are offered once per run; the epoch slider picks the one shown
+series = ui.epoch_series(found, analyses)
+offered = ui.pickable(analyses, series)
+base_labels, picker_labels = ui.series_labels(found, offered, series)
+picked = st.multiselect(
     "Analyses to compare",
-    list(analyses),
-    default=ui.default_pair(analyses),
-    format_func=lambda n: labels[n],
+    list(offered),
+    default=ui.default_pair(offered),
+    format_func=lambda n: picker_labels[n],
     key="mass_analyses",
 )
-if not chosen:
+if not picked:
     st.info("Choose at least one analysis.")
     st.stop()
+picked_series = {n: series[n] for n in picked if n in series}
+epoch = ui.epoch_slider(list(picked_series.values()), key="mass_epoch")
+labels = ui.shown_at_epoch(picked, series, epoch, base_labels)
+chosen = list(labels)
 
 all_fields = list(dict.fromkeys(fld for n in chosen for fld in analyses[n].manifest.get("fields", [])))
 history = list(dict.fromkeys(fld for n in chosen for fld in analyses[n].manifest.get("history_fields", [])))
@@ -126,3 +134,63 @@ ui.plot(
     charts.sink_metric_figure(metric_tables, key, eps, sink_fields, value, None if head == "mean" else head),
     key="sink_metric_figure",
 )
+
+
+# ---- over training (per-epoch analyses) --------------------------------------------------------------------
+
+
+def epoch_trend(members: dict[int, str]) -> pd.DataFrame:
+    """Per epoch, means over layers: mass on the run's anchor (sinks; separators in runs without) in the chosen
+    fields, heads and query roles, and the sink metric's share for the chosen key and ε."""
+    rows = []
+    for k, n in members.items():
+        anchor = analyses[n].manifest.get("anchor", "sink")
+        mass = mass_by_layer(role_mass(n), fields)
+        share = charts.sink_metric_frame(
+            analyses[n]["sink_metric"], key, eps, sink_fields, "share", None if head == "mean" else head
+        )
+        rows.append(
+            {
+                "epoch": k,
+                "anchor": anchor,
+                "mass": float(mass.loc[mass["key_role"] == anchor, "mass"].mean()),
+                "sink_eps": float(share["share"].mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def epoch_trend_figure(trends: dict[str, pd.DataFrame]) -> go.Figure:
+    fig = go.Figure()
+    for i, (label, t) in enumerate(trends.items()):
+        color = {"color": charts.PALETTE[i % len(charts.PALETTE)]}
+        anchor = t["anchor"].iloc[0]
+        fig.add_scatter(
+            x=t["epoch"], y=t["mass"], mode="lines+markers", name=f"{label}: mass on {anchor}s", line=color
+        )
+        fig.add_scatter(
+            x=t["epoch"],
+            y=t["sink_eps"],
+            mode="lines+markers",
+            name=f"{label}: Sink_ε share",
+            line={**color, "dash": "dash"},
+        )
+    fig.add_vline(x=epoch, line={"dash": "dot", "color": "grey"})
+    fig.update_layout(
+        title=f"Over training: mass on the anchor and Sink_ε (key {key}, ε={eps}), means over layers",
+        xaxis={"title": "epoch", "dtick": 1},
+        yaxis_title="mass / share",
+        height=320,
+        template="plotly_white",
+    )
+    return fig
+
+
+if picked_series:
+    st.subheader("Over training")
+    st.caption(
+        "One analysis per epoch (`sinkviz capture --every-epoch`); epoch 0 is the model before training. The dotted "
+        "line marks the epoch shown above."
+    )
+    trends = {base_labels[n]: epoch_trend(members) for n, members in picked_series.items()}
+    ui.plot(epoch_trend_figure(trends), key="mass_epochs_figure")

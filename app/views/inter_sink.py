@@ -15,16 +15,22 @@ from sinkviz.views import inter_sink_frame, inter_sink_heatmap, join_tokens
 st.title("Inter-sink dependencies")
 found, analyses = ui.require_analyses()
 
-labels = ui.analysis_labels(found, analyses)
-default = ui.default_pair(analyses)[-1]
+# per-epoch analyses are offered once per run; the epoch slider picks the one shown
+series = ui.epoch_series(found, analyses)
+offered = ui.pickable(analyses, series)
+base_labels, picker_labels = ui.series_labels(found, offered, series)
+default = ui.default_pair(offered)[-1]
 c1, c2, c3 = st.columns(3)
-name = c1.selectbox(
+picked = c1.selectbox(
     "Analysis",
-    list(analyses),
-    index=list(analyses).index(default),
-    format_func=lambda n: labels[n],
+    list(offered),
+    index=list(offered).index(default),
+    format_func=lambda n: picker_labels[n],
     key="is_analysis",
 )
+epoch = ui.epoch_slider([series[picked]] if picked in series else [], key="is_epoch")
+labels = ui.shown_at_epoch([picked], series, epoch, base_labels)
+name = next(iter(labels))
 analysis = analyses[name]
 anchor = analysis.manifest.get("anchor", "sink")
 table = analysis["inter_sink"]

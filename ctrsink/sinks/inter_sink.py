@@ -69,7 +69,8 @@ class InterSinkBias(nn.Module):
         rows = idx[:, :, None].expand(b, m, m)
         cols = idx[:, None, :].expand(b, m, m)
         # accumulate: padded slots all point at position 0 and carry exactly 0, so they add nothing
-        bias = bias.index_put((bi, rows, cols), a, accumulate=True)
+        # under autocast the affinity comes out in bf16/fp16; the bias keeps the hidden states' dtype
+        bias = bias.index_put((bi, rows, cols), a.to(bias.dtype), accumulate=True)
         return (self.inter_sink_lambda * bias).unsqueeze(1)
 
 
