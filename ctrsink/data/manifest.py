@@ -46,6 +46,16 @@ def utc_iso(ts: int) -> str:
     return datetime.fromtimestamp(int(ts), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def time_range(ts: Any) -> dict[str, Any]:
+    """The manifest's `time_range` of target timestamps (Unix seconds): min and max, as ints and UTC strings."""
+    return {
+        "min": int(ts.min()),
+        "max": int(ts.max()),
+        "min_utc": utc_iso(ts.min()),
+        "max_utc": utc_iso(ts.max()),
+    }
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression=PARQUET_COMPRESSION)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctrsink.atomic import atomic_dir
-from ctrsink.data.manifest import SCHEMA_VERSION, SPLITS, is_sample_set_dir, utc_iso, write_sample_files
+from ctrsink.data.manifest import SCHEMA_VERSION, SPLITS, is_sample_set_dir, time_range, write_sample_files
 from ctrsink.data.reference_files import (
     bad_cell,
     find_split_files,
@@ -308,12 +308,7 @@ def _manifest(
             "columns": names,
             "genre_conflicts": items.genre_conflicts,
         },
-        "time_range": {
-            "min": int(ts.min()),
-            "max": int(ts.max()),
-            "min_utc": utc_iso(ts.min()),
-            "max_utc": utc_iso(ts.max()),
-        },
+        "time_range": time_range(ts),
         "files": {},
         "hash": None,
     }

@@ -28,7 +28,7 @@ from ctrsink.data.manifest import (
     SPLITS,
     is_sample_set_dir,
     read_manifest,
-    utc_iso,
+    time_range,
     verify_files,
     write_sample_files,
 )
@@ -182,12 +182,7 @@ def build_samples(
         "dropped": dropped,
         # Loader details (thresholds, column mapping, repaired rows, ...) kept for provenance.
         "loader": {k: v for k, v in meta.items() if k not in _MANIFEST_META_KEYS},
-        "time_range": {
-            "min": int(ts.min()),
-            "max": int(ts.max()),
-            "min_utc": utc_iso(ts.min()),
-            "max_utc": utc_iso(ts.max()),
-        },
+        "time_range": time_range(ts),
         "files": {},
         "hash": None,
     }
