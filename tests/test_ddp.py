@@ -4,14 +4,12 @@ both processes, and evaluation over splits that do not divide evenly scores ever
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_train import _free_port
+from test_train import two_cpu_processes
 
 from ctrsink.config import load_config
 from ctrsink.sampling import load_samples
@@ -61,25 +59,7 @@ t.train(data, load_config(None, settings), out)
 
 
 def launch(script: Path, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(script),
-        *args,
-    ]
+    cmd, env = two_cpu_processes(str(script), *args)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -154,9 +154,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_accelerate_run(sample_set: Path, tmp_path: Path) -> None:
-    """The same command under `accelerate launch` with 2 CPU processes (gloo)."""
-    out = tmp_path / "ddp"
+def two_cpu_processes(*target: str) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) of `accelerate launch` running `target` in 2 CPU processes (gloo)."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [
         sys.executable,
@@ -173,6 +172,15 @@ def test_two_process_accelerate_run(sample_set: Path, tmp_path: Path) -> None:
         "no",
         "--main_process_port",
         str(_free_port()),
+        *target,
+    ]
+    return cmd, env
+
+
+def test_two_process_accelerate_run(sample_set: Path, tmp_path: Path) -> None:
+    """The same command under `accelerate launch` with 2 CPU processes (gloo)."""
+    out = tmp_path / "ddp"
+    cmd, env = two_cpu_processes(
         "-m",
         "ctrsink",
         "train",
@@ -181,7 +189,7 @@ def test_two_process_accelerate_run(sample_set: Path, tmp_path: Path) -> None:
         "--out",
         str(out),
         *sum((["--set", s] for s in TINY), []),
-    ]
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "run.json").read_text())
