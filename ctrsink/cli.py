@@ -19,6 +19,7 @@ def _prepare(args: argparse.Namespace) -> None:
             "max_history": args.max_history,
             "history_mode": args.history_mode,
             "min_history": args.min_history,
+            "split_rule": args.split_rule,
         }.items()
         if v is not None
     }
@@ -169,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="split_fractions",
         metavar="TRAIN,VALID,TEST",
         help="time-ordered split fractions, default 0.8,0.1,0.1",
+    )
+    s.add_argument(
+        "--split-rule",
+        dest="split_rule",
+        choices=["position", "timestamp"],
+        help="position (default): cut at rounded sample positions; timestamp: cut by time with floor, "
+        "samples sharing the boundary time go to the later split (the reference's rule)",
     )
     s.add_argument(
         "--column",

@@ -162,7 +162,7 @@ class Config:
     scratch_kv_heads: int = 2  # Qwen2 only (grouped-query attention)
     scratch_vocab_size: int = 4000
     # --- text -----------------------------------------------------------------------------------
-    prompt_preset: str = "en"  # en | zh
+    prompt_preset: str = "en"  # en | zh | reference (the reference code's English MovieLens prompts)
     prompts: dict[str, str] = field(default_factory=dict)  # overrides per field name
     separator: str = ";"  # between behaviors; titles contain commas, so ';' keeps boundaries readable
     behavior_text: str = (
@@ -172,6 +172,9 @@ class Config:
     behavior_selection: str = "recent"
     max_user_tokens: int = 256
     max_item_tokens: int = 32
+    # over max_user_tokens: drop_oldest drops whole behaviors from the oldest end (the newest stay);
+    # cut_right cuts the field like one string on the right, as the reference does (the oldest stay)
+    history_truncation: str = "drop_oldest"
     # --- CTR-Sink mechanisms ---------------------------------------------------------------------
     use_sink: bool = False
     sink_token: str = "auto"  # auto: [unused1] when the vocabulary has it, else <|sink|>
@@ -213,6 +216,10 @@ class Config:
     seed: int = 42
     train_samples: int = 0  # 0 = all; otherwise a seeded subset of the training split
     eval_samples: int = 0  # 0 = all; otherwise a seeded subset of valid and of test
+    # seeded: rows drawn with the run's seed; reference: numpy RandomState(0) as the reference code draws them
+    # (the same rows whatever the seed). Train keeps the first train_samples of a sorted draw of train_subsample_pool
+    subsample_rule: str = "seeded"
+    train_subsample_pool: int = 0  # 0 = train_samples; the reference draws 8,000 and keeps the first 6,000
     num_threads: int = 0  # 0 = torch default
     # --- scale: LoRA, precision, memory (the paper's 7-8B settings); `mixed_precision` is read as `precision` ------
     finetune: str = "full"  # full | lora (backbone frozen; adapters, sink modules and heads train)
@@ -232,7 +239,9 @@ class Config:
 
         choices = {
             "model": MODELS,
-            "prompt_preset": ("en", "zh"),
+            "prompt_preset": tuple(PROMPT_PRESETS),
+            "history_truncation": ("drop_oldest", "cut_right"),
+            "subsample_rule": ("seeded", "reference"),
             "behavior_text": ("title", "title_categories"),
             "behavior_selection": BEHAVIOR_SELECTIONS,
             "sink_signal": SINK_SIGNALS,
@@ -272,6 +281,7 @@ class Config:
         for key in [
             "train_samples",
             "eval_samples",
+            "train_subsample_pool",
             "stage1_epochs",
             "stage2_epochs",
             "inter_sink_layers",
@@ -374,6 +384,14 @@ PROMPT_PRESETS = {
         "all": "用户看过的电影：",
         "title": "电影标题是：",
         "categories": "电影类型是：",
+    },
+    # the reference implementation's English prompts, written directly before the text as it does
+    "reference": {
+        "pos": "The user rated these movies highly:",
+        "neg": "The user rated these movies low:",
+        "all": "The user rated these movies:",
+        "title": "Movie title:",
+        "categories": "Movie genres:",
     },
 }
 

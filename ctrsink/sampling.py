@@ -18,11 +18,21 @@ from ctrsink.config import Config
 SPLITS = ("train", "valid", "test")
 
 
-def subsample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """A seeded subset of `n` rows in their original order; the whole frame when n <= 0 or n >= its length."""
+def subsample(frame: pd.DataFrame, n: int, seed: int, rule: str = "seeded", pool: int = 0) -> pd.DataFrame:
+    """`n` rows in their original order; the whole frame when n <= 0 or n >= its length.
+
+    A draw of max(n, pool) rows, sorted, then its first n: with pool > n the rows come from the early part of the
+    split (the reference's 6,000 of 8,000). rule "seeded" draws with `seed`; "reference" draws as the reference
+    code does, `numpy.random.RandomState(0).permutation`, so every seed trains on the same rows.
+    """
     if n <= 0 or n >= len(frame):
         return frame
-    keep = np.sort(np.random.default_rng(seed).choice(len(frame), size=n, replace=False))
+    size = min(max(n, pool), len(frame))
+    if rule == "reference":
+        drawn = np.random.RandomState(0).permutation(len(frame))[:size]
+    else:
+        drawn = np.random.default_rng(seed).choice(len(frame), size=size, replace=False)
+    keep = np.sort(drawn)[:n]
     return frame.iloc[keep].reset_index(drop=True)
 
 
@@ -45,12 +55,13 @@ class Samples:
 
 def load_samples(data_dir: str | Path, cfg: Config, splits: tuple[str, ...] = SPLITS) -> Samples:
     """The sample set with `train_samples` of train (seed `cfg.seed`) and `eval_samples` of valid and of test
-    (seed `cfg.seed + 1` for both)."""
+    (seed `cfg.seed + 1` for both), drawn by `cfg.subsample_rule`."""
     from ctrsink.data import load_sample_set
 
     tables, items, manifest = load_sample_set(data_dir)
     frames = {}
     for split in splits:
         n, seed = (cfg.train_samples, cfg.seed) if split == "train" else (cfg.eval_samples, cfg.seed + 1)
-        frames[split] = subsample(as_pandas(tables[split]), n, seed)
+        pool = cfg.train_subsample_pool if split == "train" else 0
+        frames[split] = subsample(as_pandas(tables[split]), n, seed, cfg.subsample_rule, pool)
     return Samples(frames, as_pandas(items), manifest)

@@ -148,7 +148,9 @@ class TextRenderer:
         """Encode one history field. `order` lists stored-history indices to keep, in display order.
 
         Over budget, whole behaviors are dropped from the end opposite `keep`: 'last' keeps the newest of a
-        chronological order, 'first' keeps the most similar of a similarity order (most similar first).
+        chronological order, 'first' keeps the most similar of a similarity order (most similar first). With
+        `history_truncation=cut_right` a chronological field is cut like one string on the right instead: the
+        oldest behaviors stay and the last one that does not fit keeps its first tokens (the reference's way).
         `note(j, next_j)` gives the ids written after every behavior but the last (`behavior_signal_text`), inside
         the behavior's span and counted in the budget; next_j is the next kept behavior in display order.
         """
@@ -159,6 +161,9 @@ class TextRenderer:
             self.cfg.max_user_tokens - len(self.open_ids) - len(self.close_ids) - len(self.prompt_ids[name])
         )
         per_join = len(self.sep_ids) + (1 if self.sink_id is not None else 0)
+        cut_right = self.cfg.history_truncation == "cut_right" and keep == "last"
+        if cut_right:
+            keep = "first"
         # drop behaviors (oldest, or least similar) until the field fits its token budget
         blocks: list[list] = []  # [stored index, behavior ids, note ids] in walk order
         used = 0
@@ -172,6 +177,13 @@ class TextRenderer:
                 joined = note(j, blocks[-1][0]) if keep == "last" else note(blocks[-1][0], j)
             cost = len(ids) + (per_join + len(joined) if blocks else 0)
             if used + cost > budget:
+                room = (
+                    budget - used - (cost - len(ids))
+                )  # what the join leaves for this behavior's first tokens
+                if cut_right and room > 0:
+                    if blocks:
+                        blocks[-1][2] = joined
+                    blocks.append([j, ids[:room], []])
                 break
             if keep == "last":  # walking backwards: this block is the earlier one
                 blocks.append([j, ids, joined])

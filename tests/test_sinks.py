@@ -235,6 +235,46 @@ def test_truncation_drops_oldest_whole_behaviors(kind: str) -> None:
     assert len(big.encode(make_row(0, hist, []))["pos"].input_ids) > cfg.max_user_tokens
 
 
+@pytest.mark.parametrize("use_sink", [False, True])
+def test_cut_right_keeps_the_oldest_and_cuts_the_last_mid_behavior(use_sink: bool) -> None:
+    """history_truncation=cut_right: the field is what tokenizing it as one string and cutting it on the right
+    gives (the reference's way): the oldest behaviors whole, then the first tokens of the next one."""
+
+    def renderer_for(**overrides) -> tuple[TextRenderer, Config]:
+        renderer, cfg, _ = make_renderer("scratch-bert", max_user_tokens=40, num_behaviors=20, **overrides)
+        if not use_sink:  # the same tokenizer, no sink token
+            cfg = dataclasses.replace(cfg, use_sink=False)
+            renderer = TextRenderer(renderer.tok, make_items(), cfg, HISTORY)
+        return renderer, cfg
+
+    renderer, cfg = renderer_for(history_truncation="cut_right")
+    hist = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 3, 2]
+    e = renderer.encode(make_row(0, hist, []))["pos"]
+    # filled to the last token, but for a join (sink, separator) with no behavior tokens after it
+    assert 0 <= cfg.max_user_tokens - len(e.input_ids) <= len(renderer.sep_ids) + use_sink
+    assert e.kept == list(range(len(e.kept)))  # the oldest, in order
+    assert e.truncated == len(hist) - len(e.kept)
+    assert len(e.sink_positions) == (len(e.kept) - 1 if use_sink else 0)
+    *whole, (start, end) = e.behavior_spans
+    for k, (s, t) in enumerate(whole):
+        assert normalized(renderer.tok.decode(e.input_ids[s:t])) == normalized(TITLES[hist[k]])
+    last = renderer.behavior_ids[hist[len(e.kept) - 1]]
+    assert e.input_ids[start:end] == last[: end - start]  # a prefix of the next behavior
+    # without sinks this is exactly the one-string encoding cut on the right
+    if not use_sink:
+        prompt = renderer.prompt_ids["pos"]
+        sep = renderer.sep_ids
+        ids = list(prompt)
+        for k, j in enumerate(hist[-cfg.num_behaviors :]):
+            ids += (sep if k else []) + renderer.behavior_ids[j]
+        budget = cfg.max_user_tokens - len(renderer.open_ids) - len(renderer.close_ids)
+        assert e.input_ids == renderer.open_ids + ids[:budget] + renderer.close_ids
+    # a field that fits is unchanged by the rule
+    short = renderer.encode(make_row(0, [0, 1], []))["pos"]
+    plain, _ = renderer_for()
+    assert short.input_ids == plain.encode(make_row(0, [0, 1], []))["pos"].input_ids
+
+
 def test_truncation_with_similarity_order_keeps_the_most_similar() -> None:
     renderer, cfg, _ = make_renderer(
         "scratch-qwen2", max_user_tokens=40, num_behaviors=20, behavior_selection="similarity"

@@ -36,6 +36,7 @@ from ctrsink.data.movielens import load_movielens
 from ctrsink.data.schema import LogTables, drop_unknown_items, validate_interactions, validate_items
 from ctrsink.errors import CtrSinkError
 
+SPLIT_RULES = ("position", "timestamp")
 HISTORY_FIELDS = {"split": ("pos", "neg"), "single": ("all",)}
 LOADERS: dict[str, Callable[..., LogTables]] = {
     "movielens": load_movielens,
@@ -61,18 +62,23 @@ def build_samples(
     history_mode: str = "split",
     min_history: int = 1,
     split_fractions: Sequence[float] | str = (0.8, 0.1, 0.1),
+    split_rule: str = "position",
 ) -> SampleSet:
     """Turn a log into time-split samples; each target's history holds only behaviors strictly earlier in time.
 
     history_mode "split": fields `pos` (label 1) and `neg` (label 0); "single": one field `all`. Each field keeps
     the most recent `max_history` behaviors, oldest first. Samples are sorted by (timestamp, sample_id) and cut
     into train/valid/test by `split_fractions`, so no train target is later than a valid or test target.
+    split_rule "position" cuts at the rounded sample positions; "timestamp" cuts by time as the reference does:
+    a split starts at the timestamp T[floor(f * n)] and takes every sample of that timestamp and later.
     """
     max_history = _check_int(max_history, "max_history", minimum=1)
     min_history = _check_int(min_history, "min_history", minimum=0)
     if history_mode not in HISTORY_FIELDS:
         raise CtrSinkError(f"history_mode must be one of {', '.join(HISTORY_FIELDS)}, got {history_mode!r}")
     fractions = _check_fractions(split_fractions)
+    if split_rule not in SPLIT_RULES:
+        raise CtrSinkError(f"split_rule must be one of {', '.join(SPLIT_RULES)}, got {split_rule!r}")
     meta = tables.meta or {}
     files = meta.get("files") or [meta.get("path", "the interaction log")]
     file = str(files[0])  # the interaction file, so errors point at what to fix
@@ -107,7 +113,7 @@ def build_samples(
             " (users with a single interaction, or only ties in time, give no samples)"
         )
     sample_id = sample_id[np.lexsort((sample_id, ts[sample_id]))]
-    cuts = np.round(np.cumsum(fractions)[:2] * sample_id.size).astype(np.int64)
+    cuts = _split_cuts(ts[sample_id], fractions, split_rule)
     parts = dict(zip(SPLITS, np.split(sample_id, cuts)))
     empty = [s for s in SPLITS if parts[s].size == 0]
     if empty:
@@ -164,6 +170,7 @@ def build_samples(
         "label_rule": meta.get("label_rule", "label column"),
         "split_rule": {
             "text": "samples sorted by (timestamp, sample_id); consecutive train/valid/test blocks by fraction",
+            "rule": split_rule,
             "fractions": dict(zip(SPLITS, fractions)),
             "boundaries": {s: {"first": int(ts[parts[s][0]]), "last": int(ts[parts[s][-1]])} for s in SPLITS},
         },
@@ -187,6 +194,15 @@ def build_samples(
         "hash": None,
     }
     return SampleSet(splits, items_table, manifest)
+
+
+def _split_cuts(sorted_ts: np.ndarray, fractions: list[float], rule: str) -> np.ndarray:
+    """Where valid and test start in the time-sorted samples."""
+    ends = np.cumsum(fractions)[:2] * sorted_ts.size
+    if rule == "position":
+        return np.round(ends).astype(np.int64)
+    starts = sorted_ts[np.minimum(np.floor(ends).astype(np.int64), sorted_ts.size - 1)]
+    return np.searchsorted(sorted_ts, starts, side="left").astype(np.int64)
 
 
 def _composite_key(user_code: np.ndarray, ts: np.ndarray, file: str) -> np.ndarray:
@@ -247,7 +263,7 @@ def prepare(source: str, path: str | Path, out: str | Path, **options: Any) -> d
     """Load a log, build samples and write train/valid/test/items Parquet + manifest.json to `out` atomically.
 
     Options: the loader's (rating_threshold, watch_ratio_threshold, matrix, columns, label_threshold,
-    timestamp_format) and build_samples' (max_history, history_mode, min_history, split_fractions); None = default.
+    timestamp_format) and build_samples' (max_history, history_mode, min_history, split_fractions, split_rule); None = default.
     An existing `out` is replaced only if it is an earlier prepare output, and only once the new one is complete.
     """
     if source not in LOADERS:
