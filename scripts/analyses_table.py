@@ -34,7 +34,7 @@ def ci(frame: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def interventions(table: pd.DataFrame) -> str:
-    whole = table[table["kind"] != "head_mean"].copy()
+    whole = table[(table["kind"] != "head_mean") & ~table["note"].str.startswith("no-op")].copy()
     base = table.iloc[0]
     out = pd.DataFrame(
         {
@@ -58,7 +58,9 @@ def top_heads(table: pd.DataFrame, roles: pd.DataFrame | None, k: int = 5) -> st
     heads = heads.reindex(heads["delta_auc"].abs().sort_values(ascending=False).index).head(k)
     if roles is not None:
         hist = roles[roles["field"] == "history"].set_index(["layer", "head"])["role"]
-        heads["role"] = [hist.get((int(a), int(b)), "") for a, b in zip(heads["layer"], heads["head"])]
+        heads["role"] = [
+            hist.get((int(a), int(b)), "upper (pooled fields)") for a, b in zip(heads["layer"], heads["head"])
+        ]
     heads["Δ AUC"] = ci(heads, "auc")
     heads["mean abs Δ score"] = heads["delta_abs_score"].map(lambda v: f"{v:.4f}")
     cols = ["layer", "head", *(["role"] if roles is not None else []), "Δ AUC", "mean abs Δ score"]
@@ -89,7 +91,7 @@ def epochs(folder: Path) -> str:
         w = mass.assign(w=mass["mass"] * mass["count"])
         by_key = w.groupby(["layer", "key_role"])["w"].sum() / w.groupby("layer")["w"].sum()
         sm = a["sink_metric"]
-        sm = sm[sm["key"] == "sink"]
+        sm = sm[sm["key"] == "any_anchor"]  # share of queries with a sink above eps (the paper's Sink_eps)
         for layer in sorted(mass["layer"].unique()):
             rows.append(
                 {

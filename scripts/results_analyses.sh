@@ -31,7 +31,7 @@ study $R/qwen2_full 1000 200
 # MiniLM: the grid's seed-1 baseline and full runs, once they exist
 for v in baseline full; do
   run=results/mls_minilm_ref/runs/$v/seed1
-  [ -f $run/final_metrics.json ] || continue
+  [ -f $run/checkpoint/best/model.safetensors ] || continue  # committed runs carry no weights
   mkdir -p $R/minilm_$v
   [ -L $R/minilm_$v/run ] || ln -s "$(pwd)/$run" $R/minilm_$v/run
   out=$R/minilm_$v/studies

@@ -26,5 +26,7 @@ fi
 [[ ,$PARTS, == *,2,* ]] || exit 0
 [ -f runs/data/mls50ts/manifest.json ] || ctrsink prepare --source movielens --path "$DATA/movielens/ml-latest-small" --out runs/data/mls50ts --max-history 50 --split-rule timestamp
 REF="--set backbone=bundled:minilm --set num_behaviors=20 --set behavior_text=title --set max_user_tokens=128 --set max_item_tokens=32 --set batch_size=32 --set eval_batch_size=64 --set lr=1e-4 --set head_lr=1e-4 --set epochs=2 --set stage1_epochs=1 --set stage2_epochs=1 --set train_samples=6000 --set eval_samples=0 --set max_grad_norm=0 --set subsample_rule=reference --set train_subsample_pool=8000 --set history_truncation=cut_right --set prompt_preset=reference --set separator=, --set num_threads=$THREADS"
-ctrsink ablate --data runs/data/mls50ts --out $R/mls_minilm_ref --seeds 1,2,3 $REF \
-  --variants baseline,full,sink+signal,carrier:separator+time_gap
+# one process per core: e.g. SEEDS=1 VARIANTS=baseline and SEEDS=1 VARIANTS=full side by side (distinct runs only);
+# the last process to finish, or a rerun with the defaults, writes the whole table
+ctrsink ablate --data runs/data/mls50ts --out $R/mls_minilm_ref --seeds "${SEEDS:-1,2,3}" $REF \
+  --variants "${VARIANTS:-baseline,full,sink+signal,carrier:separator+time_gap}"

@@ -2,7 +2,7 @@
 # docs/RESULTS.md §5b: a pretrained LM's attention on ml-latest-small at the reference's text settings.
 # The pretrained MiniLM with time-gap sinks inserted, before any fine-tuning (checkpoint epoch0 of a run that keeps
 # per-epoch checkpoints; its one training step is never used), and the MiniLM baseline fine-tuned at the reference's
-# size (runs/results/mls_minilm_ref, from scripts/results_controls.sh, once its runs exist). 64 test samples each.
+# size (results/mls_minilm_ref, from scripts/results_controls.sh, once its runs exist with weights). 64 test samples each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -19,8 +19,8 @@ for name in baseline ctrsink; do
   [ -f $R/pretrained_$name/studies/head_roles.parquet ] || sinkviz heads --run $R/pretrained_$name --checkpoint epoch0 \
     --samples 64 --out $R/pretrained_$name/studies
 done
-for run in runs/results/mls_minilm_ref/runs/*/seed1; do
-  [ -f $run/final_metrics.json ] || continue
+for run in results/mls_minilm_ref/runs/*/seed1; do
+  [ -f $run/checkpoint/best/model.safetensors ] || continue  # committed runs carry no weights
   name=$(basename $(dirname $run))
   [ -f $R/trained_$name/analysis/manifest.json ] || sinkviz capture --run $run --samples 64 --out $R/trained_$name/analysis
   [ -f $R/trained_$name/studies/head_roles.parquet ] || sinkviz heads --run $run --samples 64 --out $R/trained_$name/studies
