@@ -36,7 +36,8 @@ for v in baseline full; do
   [ -L $R/minilm_$v/run ] || ln -s "$(pwd)/$run" $R/minilm_$v/run
   out=$R/minilm_$v/studies
   [ -f $out/head_roles.parquet ] || sinkviz heads --run $run --samples 128 --out $out
-  [ -f $out/interventions.parquet ] || sinkviz intervene --run $run --samples 256 --out $out
+  # no head grid: 72 MiniLM heads cost ~110x plain scoring (benchmarks/bench_analyses.py); head roles cover heads
+  [ -f $out/interventions.parquet ] || sinkviz intervene --run $run --samples 256 --no-heads --out $out
   [ -f $out/rollout.parquet ] || sinkviz rollout --run $run --samples 64 --out $out
   [ -f $out/deletion_curves.parquet ] || sinkviz faithfulness --run $run --samples 64 --max-k 5 --n-steps 16 --out $out
 done
