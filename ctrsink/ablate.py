@@ -27,6 +27,9 @@ from ctrsink.run import PREDICTIONS_TEST_FILE
 
 log = logging.getLogger("ctrsink.ablate")
 BOOTSTRAP_FILE = "bootstrap.parquet"  # per ablation: Δ and user-bootstrap bounds per variant and metric
+USERS_FILE = (
+    "users.parquet"  # per run: AUC between users vs within users (ctrsink.metrics.user_decomposition)
+)
 N_BOOT = 1000
 BOOT_SEED = 0
 
@@ -159,10 +162,12 @@ def ablate(
     table = collect(out, variants, seeds)
     costs = collect_costs(out, variants, seeds)
     boot = ablation_intervals(out, variants, seeds)
+    users = user_table(out, variants, seeds)
     atomic_write_bytes(out / "ablation.parquet", table.to_parquet(index=False))
     atomic_write_bytes(out / "costs.parquet", costs.to_parquet(index=False))
     atomic_write_bytes(out / BOOTSTRAP_FILE, boot.to_parquet(index=False))
-    atomic_write_text(out / "summary.md", summarize(table, costs, boot))
+    atomic_write_bytes(out / USERS_FILE, users.to_parquet(index=False))
+    atomic_write_text(out / "summary.md", summarize(table, costs, boot, users))
     return table
 
 
@@ -183,7 +188,7 @@ def summarize_dir(out_dir: str | Path, variants: list[str] | None = None) -> str
             "variant", key=lambda c: c.map(order), kind="stable"
         )
         costs = costs[costs["variant"].isin(order)] if costs is not None else None
-    return summarize(table, costs, _stored_intervals(out, table))
+    return summarize(table, costs, _stored_intervals(out, table), _stored_users(out, table))
 
 
 def _stored_intervals(out: Path, table: pd.DataFrame) -> pd.DataFrame | None:
@@ -203,6 +208,25 @@ def _stored_intervals(out: Path, table: pd.DataFrame) -> pd.DataFrame | None:
         return None
     atomic_write_bytes(path, boot.to_parquet(index=False))
     return boot
+
+
+def _stored_users(out: Path, table: pd.DataFrame) -> pd.DataFrame | None:
+    """users.parquet when it covers the table's runs, else computed from the run folders (and stored); None when
+    the runs' test predictions are not there."""
+    variants = list(dict.fromkeys(table["variant"]))
+    seeds = sorted({int(s) for s in table["seed"]})
+    path = out / USERS_FILE
+    if path.is_file():
+        stored = pd.read_parquet(path)
+        if set(variants) <= set(stored["variant"]):
+            return stored[stored["variant"].isin(variants)]
+    try:
+        users = user_table(out, variants, seeds)
+    except (CtrSinkError, OSError) as exc:
+        log.warning("no between/within-user table: %s", exc)
+        return None
+    atomic_write_bytes(path, users.to_parquet(index=False))
+    return users
 
 
 def collect(out: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
@@ -327,6 +351,30 @@ def _test_pooling(run: Path) -> str:
 
 
 BOOT_COLUMNS = ["variant", "metric", "delta", "lo", "hi", "seeds", "users", "n_boot"]
+USER_COLUMNS = [
+    "variant",
+    "seed",
+    "auc",
+    "between_auc",
+    "within_gauc",
+    "user_rate_corr",
+    "oracle_between_auc",
+]
+
+
+def user_table(out: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
+    """Per run: its test AUC split into what ranking users gives (`between_auc`) and what ranking each user's
+    items gives (`within_gauc`), from its test predictions (`ctrsink.metrics.user_decomposition`)."""
+    from ctrsink.metrics import auc, user_decomposition
+
+    rows = []
+    for variant in variants:
+        for seed in seeds:
+            pred = run_predictions(out / "runs" / run_dir_name(variant, seed))
+            label, prob = pred["label"].to_numpy(), 1.0 / (1.0 + np.exp(-pred["logit"].to_numpy(np.float64)))
+            parts = user_decomposition(label, prob, pred["user_id"].astype(str).to_numpy())
+            rows.append({"variant": variant, "seed": seed, "auc": auc(label, prob), **parts})
+    return pd.DataFrame(rows, columns=USER_COLUMNS)
 
 
 def ablation_intervals(
@@ -411,7 +459,10 @@ def _fmt_diff(r: pd.Series, metric: str) -> str:
 
 
 def summarize(
-    table: pd.DataFrame, costs: pd.DataFrame | None = None, intervals: pd.DataFrame | None = None
+    table: pd.DataFrame,
+    costs: pd.DataFrame | None = None,
+    intervals: pd.DataFrame | None = None,
+    user_parts: pd.DataFrame | None = None,
 ) -> str:
     s = summary_table(table, costs, intervals)
     with_cost = "parameters" in s.columns
@@ -453,6 +504,8 @@ def summarize(
             else ""
         )
     )
+    if user_parts is not None and len(user_parts):
+        lines += _users_lines(user_parts)
     stage = (
         table[(table["split"] == "valid")].groupby(["variant", "stage", "pooling"])["auc"].max().reset_index()
     )
@@ -475,3 +528,24 @@ def summarize(
         for _, r in per.iterrows():
             lines.append(f"| {r['variant']} | {r['stage']} | {r['pooling']} | {r['auc']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _users_lines(users: pd.DataFrame) -> list[str]:
+    mean = users.groupby("variant", sort=False)[USER_COLUMNS[2:]].mean()
+    lines = [
+        "",
+        "Between users and within users (test, mean over seeds): `AUC of user means` scores each row by its user's "
+        "mean prediction, what telling users apart alone gives; gAUC is the ranking within each user; `corr` is "
+        "the correlation over users of the mean prediction with the user's positive rate. Ranking rows by the "
+        f"observed user rate itself gives {mean['oracle_between_auc'].iloc[0]:.4f}. A gain in AUC without one in "
+        "gAUC is a gain between users.",
+        "",
+        "| variant | test AUC | AUC of user means | gAUC | corr(user mean, user rate) |",
+        "|---|---|---|---|---|",
+    ]
+    for variant, r in mean.iterrows():
+        lines.append(
+            f"| {variant} | {r['auc']:.4f} | {r['between_auc']:.4f} | {r['within_gauc']:.4f} | "
+            f"{r['user_rate_corr']:.3f} |"
+        )
+    return lines

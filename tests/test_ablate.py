@@ -84,6 +84,14 @@ def test_grid_writes_tidy_table_and_resumes(data: Path, tmp_path: Path) -> None:
         assert s.at["full", f"{metric}_diff_boot"] == pytest.approx(s.at["full", f"{metric}_diff"], abs=1e-5)
         assert s.at["full", f"{metric}_diff_lo"] <= s.at["full", f"{metric}_diff_hi"]
     assert summary.count(" [") >= 3 and "| baseline | 2 |" in summary
+    # AUC split into between users and within users, from the same predictions: its AUC and gAUC are the table's
+    parts = pd.read_parquet(out / "users.parquet").set_index(["variant", "seed"]).sort_index()
+    best = test_rows.set_index(["variant", "seed"]).sort_index()
+    assert len(parts) == 4 and "AUC of user means" in summary
+    np.testing.assert_allclose(parts["auc"], best["auc"], atol=1e-5)
+    np.testing.assert_allclose(parts["within_gauc"], best["gauc"], atol=1e-5)
+    assert parts["between_auc"].between(0, 1).all()
+    assert (parts.groupby("seed")["oracle_between_auc"].nunique() == 1).all()  # same rows for every variant
     # the same seed gives the same data and start for every variant: identical sample counts
     assert test_rows.groupby("variant")["n"].first().nunique() == 1
 

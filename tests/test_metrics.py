@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from ctrsink.metrics import auc, ctr_metrics, gauc, logloss
+from ctrsink.metrics import auc, ctr_metrics, gauc, logloss, user_decomposition
 
 
 def test_auc_and_logloss_match_sklearn() -> None:
@@ -64,3 +64,19 @@ def test_gauc_with_int8_labels_does_not_overflow() -> None:
     s = rng.random(240) + 0.3 * y
     assert gauc(y, s, groups) == pytest.approx(gauc(y.astype(np.float64), s, groups))
     assert 0.5 < gauc(y, s, groups) <= 1.0
+
+
+def test_user_decomposition_by_hand() -> None:
+    """User A (0.9+, 0.8+, 0.7-) and B (0.1-, 0.2-, 0.3+): each user ranked perfectly (gAUC 1); scored by user
+    means (A 0.8, B 0.2), of the 9 positive-negative pairs 4 are won (A+ over B-) and 4 tied (same user): 6/9."""
+    y = np.array([1, 1, 0, 0, 0, 1])
+    s = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.3])
+    g = np.array(["A", "A", "A", "B", "B", "B"])
+    d = user_decomposition(y, s, g)
+    assert d["between_auc"] == pytest.approx(6 / 9)
+    assert d["oracle_between_auc"] == pytest.approx(6 / 9)  # rates 2/3 and 1/3 order users the same way
+    assert d["within_gauc"] == pytest.approx(1.0)
+    assert np.isnan(d["user_rate_corr"])  # two users: no correlation reported
+    # a third user C (mean 0.5, rate 0.5) on the same line: means and rates correlate perfectly
+    d3 = user_decomposition(np.append(y, [1, 0]), np.append(s, [0.5, 0.5]), np.append(g, ["C", "C"]))
+    assert d3["user_rate_corr"] == pytest.approx(1.0)
