@@ -171,8 +171,9 @@ def ablate(
     return table
 
 
-def summarize_dir(out_dir: str | Path, variants: list[str] | None = None) -> str:
-    """The summary of an ablation folder's tables, restricted to `variants` (in that order) when given."""
+def summarize_dir(out_dir: str | Path, variants: list[str] | None = None, against: str = "baseline") -> str:
+    """The summary of an ablation folder's tables, restricted to `variants` (in that order) when given, every Δ
+    taken against the variant `against` (a control, say, instead of the baseline)."""
     out = Path(out_dir)
     path = out / "ablation.parquet"
     if not path.is_file():
@@ -188,7 +189,14 @@ def summarize_dir(out_dir: str | Path, variants: list[str] | None = None) -> str
             "variant", key=lambda c: c.map(order), kind="stable"
         )
         costs = costs[costs["variant"].isin(order)] if costs is not None else None
-    return summarize(table, costs, _stored_intervals(out, table), _stored_users(out, table))
+    if against not in set(table["variant"]):
+        raise CtrSinkError(f"option '--against': {against!r} is not among the summarized variants")
+    if against == "baseline":
+        intervals = _stored_intervals(out, table)
+    else:  # bootstrap.parquet holds Δ against the baseline only: compute these, do not store them
+        seeds = sorted({int(s) for s in table["seed"]})
+        intervals = ablation_intervals(out, list(dict.fromkeys(table["variant"])), seeds, against=against)
+    return summarize(table, costs, intervals, _stored_users(out, table), against=against)
 
 
 def _stored_intervals(out: Path, table: pd.DataFrame) -> pd.DataFrame | None:
@@ -378,17 +386,22 @@ def user_table(out: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame
 
 
 def ablation_intervals(
-    out: Path, variants: list[str], seeds: list[int], n_boot: int = N_BOOT, seed: int = BOOT_SEED
+    out: Path,
+    variants: list[str],
+    seeds: list[int],
+    n_boot: int = N_BOOT,
+    seed: int = BOOT_SEED,
+    against: str = "baseline",
 ) -> pd.DataFrame:
-    """Per variant and metric: Δ against `baseline` and its paired user bootstrap interval over the grid's seeds
-    (`ctrsink.intervals.seed_user_bootstrap`). Every variant uses the same bootstrap seed, so the same draws of
-    users: their intervals differ by the variants, not by the luck of the draw."""
-    if "baseline" not in variants:
+    """Per variant and metric: Δ against the variant `against` and its paired user bootstrap interval over the
+    grid's seeds (`ctrsink.intervals.seed_user_bootstrap`). Every variant uses the same bootstrap seed, so the same
+    draws of users: their intervals differ by the variants, not by the luck of the draw."""
+    if against not in variants:
         return pd.DataFrame(columns=BOOT_COLUMNS)
-    base = {s: run_predictions(out / "runs" / run_dir_name("baseline", s)) for s in seeds}
+    base = {s: run_predictions(out / "runs" / run_dir_name(against, s)) for s in seeds}
     rows = []
     for variant in variants:
-        if variant == "baseline":
+        if variant == against:
             continue
         pairs = [(run_predictions(out / "runs" / run_dir_name(variant, s)), base[s]) for s in seeds]
         users = float(np.mean([p["user_id"].nunique() for p, _ in pairs]))
@@ -402,19 +415,22 @@ def ablation_intervals(
 
 
 def summary_table(
-    table: pd.DataFrame, costs: pd.DataFrame | None = None, intervals: pd.DataFrame | None = None
+    table: pd.DataFrame,
+    costs: pd.DataFrame | None = None,
+    intervals: pd.DataFrame | None = None,
+    against: str = "baseline",
 ) -> pd.DataFrame:
     """Test metrics at each run's best epoch: mean and 95% t-interval over seeds per variant, Δ to baseline paired
     by seed (`{metric}_diff`, `_diff_ci95`) and, given `intervals` (`ablation_intervals`), the paired user
     bootstrap's Δ and bounds (`{metric}_diff_boot`, `_diff_lo`, `_diff_hi`)."""
     test = table[(table["split"] == "test") & (table["stage"] == "best")]
-    base = test[test["variant"] == "baseline"].set_index("seed")
+    base = test[test["variant"] == against].set_index("seed")
     rows = []
     for variant, group in test.groupby("variant", sort=False):
         row: dict[str, Any] = {"variant": variant, "seeds": len(group)}
         for metric in METRICS:
             row[metric], row[f"{metric}_ci95"] = t_interval(group[metric].to_numpy(dtype=float))
-            if len(base) and variant != "baseline":
+            if len(base) and variant != against:
                 paired = group.set_index("seed")[metric] - base[metric]
                 row[f"{metric}_diff"], row[f"{metric}_diff_ci95"] = t_interval(
                     paired.dropna().to_numpy(dtype=float)
@@ -446,9 +462,9 @@ def _fmt(mean: float, half: float) -> str:
     return "n/a" if np.isnan(mean) else (f"{mean:.4f}" if np.isnan(half) else f"{mean:.4f} ± {half:.4f}")
 
 
-def _fmt_diff(r: pd.Series, metric: str) -> str:
+def _fmt_diff(r: pd.Series, metric: str, against: str) -> str:
     """'+0.0123 ± 0.0150 [+0.0040, +0.0290]': Δ with its t-interval over seeds, then the user bootstrap's."""
-    if r["variant"] == "baseline":
+    if r["variant"] == against:
         return "—"
     mean, half = r.get(f"{metric}_diff", np.nan), r.get(f"{metric}_diff_ci95", np.nan)
     if np.isnan(mean):
@@ -463,20 +479,21 @@ def summarize(
     costs: pd.DataFrame | None = None,
     intervals: pd.DataFrame | None = None,
     user_parts: pd.DataFrame | None = None,
+    against: str = "baseline",
 ) -> str:
-    s = summary_table(table, costs, intervals)
+    s = summary_table(table, costs, intervals, against)
     with_cost = "parameters" in s.columns
     with_boot = "auc_diff_lo" in s.columns
     lines = [
-        "| variant | seeds | test AUC | Δ AUC vs baseline | test gAUC | Δ gAUC | test LogLoss | Δ LogLoss "
+        f"| variant | seeds | test AUC | Δ AUC vs {against} | test gAUC | Δ gAUC | test LogLoss | Δ LogLoss "
         "| train s/run |" + (" params | MFLOPs/sample b1 | b100 | train samples/s |" if with_cost else ""),
         "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if with_cost else ""),
     ]
     for _, r in s.iterrows():
         lines.append(
-            f"| {r['variant']} | {r['seeds']} | {_fmt(r['auc'], r['auc_ci95'])} | {_fmt_diff(r, 'auc')} | "
-            f"{_fmt(r['gauc'], r['gauc_ci95'])} | {_fmt_diff(r, 'gauc')} | "
-            f"{_fmt(r['logloss'], r['logloss_ci95'])} | {_fmt_diff(r, 'logloss')} | {r['train_seconds']:.0f} |"
+            f"| {r['variant']} | {r['seeds']} | {_fmt(r['auc'], r['auc_ci95'])} | {_fmt_diff(r, 'auc', against)} | "
+            f"{_fmt(r['gauc'], r['gauc_ci95'])} | {_fmt_diff(r, 'gauc', against)} | "
+            f"{_fmt(r['logloss'], r['logloss_ci95'])} | {_fmt_diff(r, 'logloss', against)} | {r['train_seconds']:.0f} |"
             + (
                 f" {r['parameters']:,.0f} | {r['flops_per_sample_b1'] / 1e6:,.1f} | "
                 f"{r['flops_per_sample_b100'] / 1e6:,.1f} | {r['train_samples_per_s']:.0f} |"
@@ -488,7 +505,7 @@ def summarize(
     lines.append("")
     lines.append(
         f"Test metrics at each run's best validation epoch: mean ± half-width of a {T_INTERVAL}. Δ is against "
-        f"`baseline`, paired by seed, with the half-width of a {T_INTERVAL}"
+        f"`{against}`, paired by seed, with the half-width of a {T_INTERVAL}"
         + (
             f" and, in brackets, a {BOOTSTRAP_INTERVAL}: {N_BOOT} replicates draw seeds with replacement, then "
             f"the test split's users (about {users.mean():.0f} per seed) with replacement within each drawn seed, "

@@ -119,7 +119,7 @@ def _summarize(args: argparse.Namespace) -> None:
     from ctrsink.ablate import summarize_dir
 
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
-    print(summarize_dir(args.ablation, variants))
+    print(summarize_dir(args.ablation, variants, against=args.against))
 
 
 def _rank(args: argparse.Namespace) -> None:
@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--ablation", required=True, help="a folder written by `ctrsink ablate`")
     s.add_argument("--variants", help="comma-separated subset, in this order (default: all)")
+    s.add_argument(
+        "--against", default="baseline", help="the variant every Δ is taken against, e.g. a control"
+    )
     s.set_defaults(fn=_summarize)
 
     s = sub.add_parser(

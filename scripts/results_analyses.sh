@@ -28,10 +28,10 @@ study() {  # run name, samples for interventions, for faithfulness
 study $R/qwen2_baseline 1000 200
 study $R/qwen2_full 1000 200
 [ -f $R/qwen2_full/epochs/manifest.json ] || [ -d $R/qwen2_full/epochs ] || sinkviz capture --run $R/qwen2_full --every-epoch --samples 128 --out $R/qwen2_full/epochs
-# MiniLM: the grid's seed-1 baseline and full runs, once they exist
-for v in baseline full; do
+# MiniLM: the grid's seed-1 runs that still carry their weights (trained on this machine; committed runs carry none)
+for v in baseline full sink_signal carrier-separator_time_gap; do
   run=results/mls_minilm_ref/runs/$v/seed1
-  [ -f $run/checkpoint/best/model.safetensors ] || continue  # committed runs carry no weights
+  [ -f $run/checkpoint/best/model.safetensors ] || continue
   mkdir -p $R/minilm_$v
   [ -L $R/minilm_$v/run ] || ln -s "$(pwd)/$run" $R/minilm_$v/run
   out=$R/minilm_$v/studies

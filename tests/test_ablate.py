@@ -12,6 +12,7 @@ from ctrsink.ablate import (
     TABLE_COLUMNS,
     VARIANTS,
     ablate,
+    ablation_intervals,
     run_dir_name,
     summarize,
     summarize_dir,
@@ -129,3 +130,18 @@ def test_control_variants_run_in_a_grid(data: Path, tmp_path: Path) -> None:
     assert set(table["variant"]) == set(variants)
     summary = (tmp_path / "grid" / "summary.md").read_text()
     assert "| carrier:separator+time_gap | 1 |" in summary and "| text:time_gap | 1 |" in summary
+    # every Δ against the control instead of the baseline: the baseline's Δ is minus the control's Δ vs baseline
+    control = "carrier:separator+time_gap"
+    vs_control = summarize_dir(tmp_path / "grid", against=control)
+    assert f"Δ AUC vs {control}" in vs_control and f"| {control} | 1 | " in vs_control
+    boot = pd.read_parquet(tmp_path / "grid" / "bootstrap.parquet").set_index(["variant", "metric"])
+    flipped = ablation_intervals(tmp_path / "grid", variants, [1], against=control).set_index(
+        ["variant", "metric"]
+    )
+    for metric in ("auc", "gauc", "logloss"):
+        assert flipped.at[("baseline", metric), "delta"] == pytest.approx(
+            -boot.at[(control, metric), "delta"]
+        )
+        assert flipped.at[("baseline", metric), "lo"] == pytest.approx(-boot.at[(control, metric), "hi"])
+    with pytest.raises(CtrSinkError, match="--against"):
+        summarize_dir(tmp_path / "grid", variants=["baseline", "text:time_gap"], against=control)
